@@ -1,0 +1,202 @@
+"""The agent's configuration: one frozen dataclass tree loaded from TOML and validated once.
+
+Every field's metadata says its unit and valid range; :func:`load_config` rejects unknown
+keys, wrong types and out-of-range values with a :class:`ConfigError` whose message starts
+with the key path (``storage.retention_hours: expected a positive number, got "x"``).
+``config.example.toml`` documents every key; a test keeps the two in sync.
+"""
+from __future__ import annotations
+
+import dataclasses
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .config_fields import ConfigError, check_value, opt, shown
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    host: str = opt("", "host name used in events, metrics and exports; empty means the system host name")
+    log_level: str = opt("info", "debug, info, warning or error", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    path: str = opt("./var/infersight.duckdb", "the DuckDB file; its folder is created when missing")
+    queue_max_batches: int = opt(2048, "collector batches the writer queue holds before dropping (count)", min=1)
+    flush_interval_s: float = opt(1.0, "longest time a sample waits before it is written (seconds)", min=0.05, max=60)
+    retention_hours: float = opt(168.0, "raw and rolled-up data older than this is deleted (hours)", min=0.01)
+    max_size_mb: float = opt(4096.0, "oldest data is deleted while the file is larger than this (MiB)", min=1)
+    rollup_after_hours: float = opt(6.0, "1 s data older than this is rolled up to rollup_bucket_s (hours)", min=0.01)
+    rollup_bucket_s: int = opt(60, "bucket of rolled-up data (seconds)", min=2, max=3600)
+    maintenance_interval_s: float = opt(60.0, "how often retention and rollups run (seconds)", min=1)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen: str = opt("127.0.0.1:8321", "HOST:PORT of the UI, the JSON API and /metrics")
+    auth_token: str = opt("", "bearer token required on every request when set (secret)", secret=True)
+    allow_unauthenticated: bool = opt(False, "allow a non-loopback listen address without auth_token")
+    external_url: str = opt("", "base URL people reach the UI at, used in webhook links; empty means http://listen")
+
+
+@dataclass(frozen=True)
+class TargetsConfig:
+    pids: tuple[int, ...] = opt((), "extra process ids to profile (list of integers)")
+    cmdline_patterns: tuple[str, ...] = opt(
+        (
+            r"vllm[./ ]entrypoints|vllm serve|\bvllm\b.*api_server",
+            r"EngineCore|VllmWorker|vllm.*worker",
+            r"sglang[./ ]launch_server|sglang::|sglang.*scheduler",
+            r"text_generation_server|text-generation-server",
+            r"trtllm-serve|tensorrt_llm|triton.*python_backend|triton_python_backend_stub",
+        ),
+        "regular expressions matched against each process's command line (Python re syntax)",
+    )
+    discovery_interval_s: float = opt(2.0, "how often the process table is rescanned (seconds)", min=0.5, max=60)
+    include_descendants: bool = opt(True, "also profile the Python child processes of every target")
+    use_nvml_processes: bool = opt(True, "profile the processes that hold a CUDA context (NVML)")
+
+
+@dataclass(frozen=True)
+class HostCollectorConfig:
+    enabled: bool = opt(True, "sample host and per-target CPU, memory, threads and context switches")
+    interval_s: float = opt(1.0, "sampling interval (seconds)", min=0.1, max=3600)
+
+
+@dataclass(frozen=True)
+class StacksCollectorConfig:
+    enabled: bool = opt(True, "sample Python stacks of every target with py-spy (always --nonblocking)")
+    rate_hz: int = opt(20, "py-spy samples per second per target", min=1, max=1000)
+    recording_s: int = opt(5, "length of one rolling py-spy recording (whole seconds)", min=1, max=600)
+    pyspy_path: str = opt("", "py-spy binary; empty means the one from the py-spy wheel, then PATH")
+    include_idle: bool = opt(True, "keep idle samples (threads waiting), marked as idle")
+    native: bool = opt(False, "also collect native frames (py-spy --native; costs more)")
+
+
+@dataclass(frozen=True)
+class GpuCollectorConfig:
+    enabled: bool = opt(True, "sample NVML and NVML GPM counters of every GPU")
+    fast_interval_s: float = opt(0.5, "utilization, GPM, power and clock sampling interval (seconds)", min=0.1, max=60)
+    slow_interval_s: float = opt(5.0, "memory, temperature, energy and per-process sampling interval (seconds)",
+                                 min=0.5, max=3600)
+    gpm: str = opt("auto", "use NVML GPM: auto (when supported), on, or off", choices=("auto", "on", "off"))
+    dcgm_url: str = opt("", "dcgm-exporter /metrics URL for GPUs without GPM; empty means probe localhost:9400")
+    events: bool = opt(True, "listen for XID and other critical NVML events")
+
+
+@dataclass(frozen=True)
+class EnginesCollectorConfig:
+    enabled: bool = opt(True, "scrape the engines' Prometheus /metrics")
+    interval_s: float = opt(1.0, "scrape interval (seconds)", min=0.1, max=3600)
+    timeout_s: float = opt(0.8, "scrape timeout, shorter than the interval (seconds)", min=0.05, max=600)
+    endpoints: tuple[str, ...] = opt((), "engine /metrics URLs scraped in addition to those discovered")
+    autodiscover: bool = opt(True, "probe /metrics on the listening ports of discovered engine processes")
+    max_series_per_endpoint: int = opt(5000, "raw series kept per endpoint; more are counted and dropped", min=1)
+    quantile_window_s: float = opt(10.0, "window of the latency quantiles p50/p95/p99 (seconds)", min=1, max=3600)
+
+
+@dataclass(frozen=True)
+class CollectorsConfig:
+    host: HostCollectorConfig = field(default_factory=HostCollectorConfig)
+    stacks: StacksCollectorConfig = field(default_factory=StacksCollectorConfig)
+    gpu: GpuCollectorConfig = field(default_factory=GpuCollectorConfig)
+    engines: EnginesCollectorConfig = field(default_factory=EnginesCollectorConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    targets: TargetsConfig = field(default_factory=TargetsConfig)
+    collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
+
+    @property
+    def host(self) -> str:
+        return self.agent.host or socket.gethostname()
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read and validate a TOML file; ``None`` gives the defaults. Raises ConfigError."""
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    return build(Config, raw, "")
+
+
+def build(cls: type, raw: Any, path: str) -> Any:
+    """Turn a TOML table into dataclass ``cls``, validating every key under ``path``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a table, got {shown(raw)}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        where = f"{path}.{unknown[0]}" if path else unknown[0]
+        raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(fields))})")
+    values = {}
+    for name, value in raw.items():
+        key_path = f"{path}.{name}" if path else name
+        values[name] = _convert(hints[name], value, key_path, fields[name].metadata)
+    return cls(**values)
+
+
+def _convert(hint: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, path)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_hint, _) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {shown(value)}")
+        if dataclasses.is_dataclass(item_hint):
+            return tuple(build(item_hint, v, f"{path}[{i}]") for i, v in enumerate(value))
+        return tuple(check_value(item_hint, v, f"{path}[{i}]", meta) for i, v in enumerate(value))
+    if origin in (types.UnionType, typing.Union):
+        return value  # not used by the tree today; kept permissive rather than wrong
+    return check_value(hint, value, path, meta)
+
+
+def iter_keys(cls: type = Config, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field]]:
+    """Every leaf key path of the tree with its field (for docs and the example-file test)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from iter_keys(hints[f.name], key + ".")
+        else:
+            yield key, f
+
+
+def with_overrides(config: Config, **changes: Any) -> Config:
+    """A copy with dotted-path overrides, e.g. ``{"storage.path": "x.duckdb"}`` (validated)."""
+    for dotted, value in changes.items():
+        config = _replace_path(config, dotted.split("."), value, "")
+    return config
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any, done: str) -> Any:
+    name = parts[0]
+    key_path = f"{done}.{name}" if done else name
+    hints = typing.get_type_hints(type(obj))
+    if name not in hints:
+        raise ConfigError(f"{key_path}: unknown key")
+    if len(parts) == 1:
+        meta = {f.name: f.metadata for f in dataclasses.fields(obj)}[name]
+        if isinstance(value, tuple):
+            value = list(value)
+        return dataclasses.replace(obj, **{name: _convert(hints[name], value, key_path, meta)})
+    return dataclasses.replace(obj, **{name: _replace_path(getattr(obj, name), parts[1:], value, key_path)})
