@@ -1,0 +1,109 @@
+"""The versioned schema. Migrations run in order at open, each in its own transaction.
+
+A migration is (version, description, statements). Never edit a released migration: add a
+new one. Times are Unix seconds: DOUBLE, or INTEGER seconds for 1 s stack buckets.
+"""
+from __future__ import annotations
+
+import time
+
+from ..daemon.model import GPU_SIGNALS
+
+_INT_SIGNALS = {"clocks_event_reasons": "UBIGINT", "mem_used_bytes": "BIGINT", "mem_total_bytes": "BIGINT",
+                "ecc_errors_uncorrected": "BIGINT", "retired_pages": "BIGINT"}
+
+
+def _gpu_signal_columns() -> str:
+    return ",\n        ".join(f"{name} {_INT_SIGNALS.get(name, 'FLOAT')}" for name in GPU_SIGNALS)
+
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "core tables", [
+        """CREATE TABLE meta (key VARCHAR, value VARCHAR)""",
+        # identifies this file to per-process caches (a reopened path may be another file)
+        """INSERT INTO meta VALUES ('db_id', uuid()::VARCHAR)""",
+        """CREATE TABLE targets (
+        id INTEGER, host VARCHAR, pid INTEGER, start_time DOUBLE, cmdline VARCHAR, role VARCHAR,
+        gpus INTEGER[], first_seen DOUBLE, last_seen DOUBLE, exited_at DOUBLE)""",
+        """CREATE TABLE threads (id INTEGER, target INTEGER, tid BIGINT, name VARCHAR)""",
+        """CREATE TABLE frames (id INTEGER, function VARCHAR, file VARCHAR, line INTEGER, module VARCHAR)""",
+        # A stack is a node of a prefix tree: (parent node, frame). Samples point at the leaf.
+        """CREATE TABLE stack_nodes (id INTEGER, parent INTEGER, frame INTEGER, depth SMALLINT)""",
+        """CREATE TABLE stack_samples (
+        bucket INTEGER, target USMALLINT, thread UINTEGER, stack UINTEGER, active BOOLEAN, count UINTEGER)""",
+        """CREATE TABLE sampling_stats (bucket INTEGER, target USMALLINT, samples UINTEGER, errors UINTEGER)""",
+        """CREATE TABLE host_samples (
+        t DOUBLE, cpu_percent FLOAT, cpu_count SMALLINT, mem_used_bytes BIGINT, mem_total_bytes BIGINT,
+        load1 FLOAT, load5 FLOAT, load15 FLOAT)""",
+        """CREATE TABLE process_samples (
+        t DOUBLE, target USMALLINT, cpu_percent FLOAT, rss_bytes BIGINT, threads INTEGER,
+        ctx_voluntary BIGINT, ctx_involuntary BIGINT)""",
+        """CREATE TABLE gpus (
+        gpu INTEGER, uuid VARCHAR, name VARCHAR, pci_bus_id VARCHAR, driver VARCHAR,
+        mem_bus_width_bits INTEGER, max_mem_clock_mhz INTEGER, peak_dram_bw_bytes_s DOUBLE,
+        power_limit_w DOUBLE, mig_mode BOOLEAN, gpm_supported BOOLEAN, parent_gpu INTEGER, updated DOUBLE)""",
+        f"""CREATE TABLE gpu_samples (
+        t DOUBLE, gpu SMALLINT, source VARCHAR,
+        {_gpu_signal_columns()})""",
+        """CREATE TABLE gpu_processes (
+        t DOUBLE, gpu SMALLINT, pid INTEGER, used_memory_bytes BIGINT, sm_util FLOAT, mem_util FLOAT)""",
+        """CREATE TABLE endpoints (id INTEGER, url VARCHAR)""",
+        """CREATE TABLE engine_samples (
+        t DOUBLE, endpoint USMALLINT, engine VARCHAR, model VARCHAR, signal VARCHAR, value DOUBLE)""",
+        """CREATE TABLE histogram_deltas (
+        t DOUBLE, endpoint USMALLINT, engine VARCHAR, model VARCHAR, signal VARCHAR,
+        bounds DOUBLE[], counts DOUBLE[], interval_s DOUBLE)""",
+        """CREATE TABLE series (id INTEGER, endpoint USMALLINT, name VARCHAR, labels VARCHAR)""",
+        """CREATE TABLE raw_samples (t DOUBLE, series UINTEGER, value DOUBLE)""",
+        """CREATE TABLE events (
+        id VARCHAR, kind VARCHAR, host VARCHAR, gpu INTEGER, start DOUBLE, "end" DOUBLE,
+        severity VARCHAR, klass VARCHAR, summary VARCHAR, evidence VARCHAR, top_frames VARCHAR,
+        open BOOLEAN, updated DOUBLE)""",
+        """CREATE TABLE windows (start DOUBLE, "end" DOUBLE, gpu SMALLINT, klass VARCHAR, features VARCHAR)""",
+    ]),
+    (2, "alert outbox and rollup bookkeeping", [
+        """CREATE TABLE outbox (
+        id BIGINT, event_id VARCHAR, target VARCHAR, kind VARCHAR, payload VARCHAR, created DOUBLE,
+        next_attempt DOUBLE, attempts INTEGER, status VARCHAR, last_error VARCHAR, done_at DOUBLE)""",
+        """CREATE TABLE rollups (tbl VARCHAR, done_before DOUBLE)""",
+    ]),
+]
+
+CURRENT_VERSION = MIGRATIONS[-1][0]
+
+
+def applied_version(con) -> int:
+    """The highest migration applied to ``con``'s database (0 for a new file)."""
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()[0]
+    if not exists:
+        return 0
+    row = con.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(con, upto: int = CURRENT_VERSION) -> list[int]:
+    """Apply every migration newer than the file's version, up to ``upto``; returns those applied.
+
+    Raises RuntimeError when the file was written by a newer infersight (unknown version).
+    """
+    con.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER, description VARCHAR, applied_at DOUBLE)")
+    have = applied_version(con)
+    if have > CURRENT_VERSION:
+        raise RuntimeError(f"database schema version {have} is newer than this infersight ({CURRENT_VERSION})")
+    done = []
+    for version, description, statements in MIGRATIONS:
+        if version <= have or version > upto:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for statement in statements:
+                con.execute(statement)
+            con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, description, time.time()])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        done.append(version)
+    return done

@@ -1,0 +1,184 @@
+"""Stack queries: the profile of a time range, as the neutral model renderers consume.
+
+A :class:`Profile` is a set of stacks (tuples of frame keys, root first) with a value
+each: samples, or samples weighted by how idle a GPU was in their second. Renderers
+(storage/render.py) turn it into a tree, folded text or speedscope JSON.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+FrameKey = tuple[str, str, int]  # (function, file, line)
+
+
+@dataclass(frozen=True)
+class ProfileFilter:
+    """Which samples a profile counts. None means no restriction."""
+
+    pids: tuple[int, ...] | None = None
+    tids: tuple[int, ...] | None = None
+    roles: tuple[str, ...] | None = None
+    active: bool | None = None
+    target_ids: tuple[int, ...] | None = None
+
+
+@dataclass
+class Profile:
+    """Stacks with values over [t_from, t_to); ``total`` is the sum of values."""
+
+    t_from: float
+    t_to: float
+    stacks: dict[tuple[FrameKey, ...], float] = field(default_factory=dict)
+    weight: str = "samples"
+    gpu: int | None = None
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.stacks.values()))
+
+
+class _NodeCache:
+    """Leaf node id -> tuple of frame keys, per database (stack_nodes is append-only)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_db: dict[str, tuple[dict[int, tuple[int, int]], dict[int, FrameKey], dict[int, tuple]]] = {}
+
+    def paths(self, cur, leaves: list[int]) -> dict[int, tuple[FrameKey, ...]]:
+        db_id = cur.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone()
+        key = db_id[0] if db_id else "?"
+        with self.lock:
+            nodes, frames, memo = self.by_db.setdefault(key, ({}, {}, {}))
+            missing = [leaf for leaf in leaves if leaf and leaf not in nodes]
+            if missing:
+                top = max(nodes) if nodes else 0
+                for id_, parent, frame in cur.execute(
+                        "SELECT id, parent, frame FROM stack_nodes WHERE id > ?", [top]).fetchall():
+                    nodes[id_] = (parent, frame)
+                top_frame = max(frames) if frames else 0
+                for id_, fn, file, line in cur.execute(
+                        "SELECT id, function, file, line FROM frames WHERE id > ?", [top_frame]).fetchall():
+                    frames[id_] = (fn, file, line or 0)
+            out = {}
+            for leaf in leaves:
+                out[leaf] = _path(leaf, nodes, frames, memo)
+            return out
+
+
+def _path(node: int, nodes, frames, memo) -> tuple[FrameKey, ...]:
+    if node == 0 or node not in nodes:
+        return ()
+    cached = memo.get(node)
+    if cached is not None:
+        return cached
+    chain = []
+    cur = node
+    while cur and cur not in memo and cur in nodes:
+        chain.append(cur)
+        cur = nodes[cur][0]
+    prefix = memo.get(cur, ()) if cur else ()
+    for n in reversed(chain):
+        prefix = prefix + (frames[nodes[n][1]],)
+        memo[n] = prefix
+    return memo[node]
+
+
+_CACHE = _NodeCache()
+
+
+def _filter_sql(f: ProfileFilter, params: list) -> str:
+    clauses = []
+    if f.active is not None:
+        clauses.append("s.active = ?")
+        params.append(f.active)
+    if f.target_ids is not None:
+        clauses.append("s.target IN (SELECT unnest(?))")
+        params.append(list(f.target_ids))
+    if f.pids is not None or f.roles is not None:
+        sub = []
+        if f.pids is not None:
+            sub.append("pid IN (SELECT unnest(?))")
+            params.append(list(f.pids))
+        if f.roles is not None:
+            sub.append("role IN (SELECT unnest(?))")
+            params.append(list(f.roles))
+        clauses.append(f"s.target IN (SELECT id FROM targets WHERE {' AND '.join(sub)})")
+    if f.tids is not None:
+        clauses.append("s.thread IN (SELECT id FROM threads WHERE tid IN (SELECT unnest(?)))")
+        params.append(list(f.tids))
+    return "".join(f" AND {c}" for c in clauses)
+
+
+def profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(), *,
+            weight: str = "samples", gpu: int | None = None) -> Profile:
+    """Samples with bucket in [t_from, t_to).
+
+    ``weight="gpu_idle"`` multiplies each second's samples by that second's GPU idle
+    fraction: 1 - SM activity (GPM/DCGM, or NVML utilization where GPM is absent) / 100,
+    of ``gpu`` or, when None, the mean over all GPUs. Seconds without a GPU sample weigh 0.
+    """
+    params: list = [int(t_from // 1), _ceil(t_to)]
+    where = "s.bucket >= ? AND s.bucket < ?" + _filter_sql(flt, params)
+    if weight == "gpu_idle":
+        gparams: list = [float(int(t_from // 1)), float(_ceil(t_to))]
+        gpu_clause = ""
+        if gpu is not None:
+            gpu_clause = " AND gpu = ?"
+            gparams.append(gpu)
+        sql = f"""
+            WITH idle AS (
+                SELECT floor(t)::INTEGER AS b,
+                       greatest(0.0, 1.0 - avg(coalesce(sm_util, util_gpu)) / 100.0) AS w
+                FROM gpu_samples WHERE t >= ? AND t < ?{gpu_clause}
+                  AND coalesce(sm_util, util_gpu) IS NOT NULL
+                GROUP BY 1)
+            SELECT s.stack, sum(s.count * idle.w) FROM stack_samples s JOIN idle ON s.bucket = idle.b
+            WHERE {where} GROUP BY 1"""
+        rows = cur.execute(sql, gparams + params).fetchall()
+    elif weight == "samples":
+        rows = cur.execute(f"SELECT s.stack, sum(s.count) FROM stack_samples s WHERE {where} GROUP BY 1",
+                           params).fetchall()
+    else:
+        raise ValueError(f"unknown weight {weight!r} (samples or gpu_idle)")
+    paths = _CACHE.paths(cur, [r[0] for r in rows])
+    stacks: dict[tuple[FrameKey, ...], float] = {}
+    for leaf, value in rows:
+        if value:
+            path = paths[leaf]
+            stacks[path] = stacks.get(path, 0.0) + float(value)
+    return Profile(t_from, t_to, stacks, weight, gpu)
+
+
+def _ceil(t: float) -> int:
+    i = int(t // 1)
+    return i if i == t else i + 1
+
+
+def thread_names(cur, t_from: float, t_to: float) -> list[dict]:
+    """Threads with samples in the range: pid, role, tid, name, samples."""
+    rows = cur.execute("""
+        SELECT g.pid, g.role, th.tid, th.name, sum(s.count)
+        FROM stack_samples s JOIN threads th ON th.id = s.thread JOIN targets g ON g.id = s.target
+        WHERE s.bucket >= ? AND s.bucket < ?
+        GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC""", [int(t_from // 1), _ceil(t_to)]).fetchall()
+    return [{"pid": r[0], "role": r[1], "tid": r[2], "name": r[3], "samples": int(r[4])} for r in rows]
+
+
+def per_second_by_target(cur, t_from: float, t_to: float) -> list[tuple[int, int, str, bool, int]]:
+    """(bucket, pid, role, active, samples) per second and target, for the analysis."""
+    return cur.execute("""
+        SELECT s.bucket, g.pid, g.role, s.active, sum(s.count)::BIGINT
+        FROM stack_samples s JOIN targets g ON g.id = s.target
+        WHERE s.bucket >= ? AND s.bucket < ? GROUP BY 1, 2, 3, 4 ORDER BY 1""",
+                       [int(t_from // 1), _ceil(t_to)]).fetchall()
+
+
+def sampling_coverage(cur, t_from: float, t_to: float) -> list[dict]:
+    """Per target: seconds with samples, samples and errors in the range (for health)."""
+    rows = cur.execute("""
+        SELECT g.pid, g.role, count(DISTINCT st.bucket), sum(st.samples), sum(st.errors)
+        FROM sampling_stats st JOIN targets g ON g.id = st.target
+        WHERE st.bucket >= ? AND st.bucket < ? GROUP BY 1, 2""", [int(t_from // 1), _ceil(t_to)]).fetchall()
+    return [{"pid": r[0], "role": r[1], "seconds": r[2], "samples": int(r[3] or 0), "errors": int(r[4] or 0)}
+            for r in rows]
