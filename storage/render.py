@@ -37,7 +37,7 @@ def _build(stacks: dict[tuple[FrameKey, ...], float]) -> _Node:
     return root
 
 
-def _number(v: float) -> int | float:
+def number(v: float) -> int | float:
     r = round(v)
     return int(r) if abs(v - r) < 1e-9 else round(v, 3)
 
@@ -55,7 +55,7 @@ def flame_tree(profile: Profile, max_nodes: int | None = None, min_share: float 
     def emit(node: _Node) -> dict[str, Any]:
         budget[0] -= 1
         line = max(node.lines, key=node.lines.get) if node.lines else 0
-        out: dict[str, Any] = {"name": node.name, "value": _number(node.value), "file": node.file, "line": line,
+        out: dict[str, Any] = {"name": node.name, "value": number(node.value), "file": node.file, "line": line,
                                "children": []}
         for child in sorted(node.children.values(), key=lambda c: -c.value):
             if child.value < floor or child.value <= 0 or budget[0] <= 0:
@@ -77,7 +77,7 @@ def folded(profile: Profile) -> str:
         if not path or value <= 0:
             continue
         names = ";".join(_folded_name(f) for f in path)
-        lines.append(f"{names} {_number(value)}")
+        lines.append(f"{names} {number(value)}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -108,9 +108,9 @@ def speedscope(profile: Profile, name: str = "infersight") -> dict[str, Any]:
                 frames.append(entry)
             ids.append(idx)
         samples.append(ids)
-        weights.append(_number(value))
+        weights.append(number(value))
     unit = "none"
-    total = _number(sum(weights)) if weights else 0
+    total = number(sum(weights)) if weights else 0
     return {
         "$schema": "https://www.speedscope.app/file-format-schema.json",
         "shared": {"frames": frames},
@@ -137,7 +137,7 @@ def diff_tree(a: Profile, b: Profile) -> dict[str, Any]:
             lines[k] = lines.get(k, 0.0) + v
         out: dict[str, Any] = {
             "name": name, "file": file, "line": max(lines, key=lines.get) if lines else 0,
-            "value": _number(vb), "a": _number(va), "b": _number(vb),
+            "value": number(vb), "a": number(va), "b": number(vb),
             "a_share": round(va / total_a, 6), "b_share": round(vb / total_b, 6),
             "delta_share": round(vb / total_b - va / total_a, 6), "children": [],
         }

@@ -1,0 +1,183 @@
+"""``infersight check``: one line per capability, with the fix when it fails.
+
+Statuses: ``ok``, ``warn`` (the agent runs with less: no GPU, no ptrace) and ``fail`` (the
+agent cannot run: storage or port). Exit 0 when nothing failed.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Config
+
+
+@dataclass
+class CheckResult:
+    name: str
+    status: str      # ok, warn, fail
+    detail: str
+    fix: str = ""
+
+    def line(self) -> str:
+        text = f"{self.status.upper():4}  {self.name:<22} {self.detail}"
+        return text + (f"\n      fix: {self.fix}" if self.fix and self.status != "ok" else "")
+
+
+def check_storage(path: str) -> CheckResult:
+    folder = Path(path).resolve().parent
+    probe_dir = folder
+    while not probe_dir.exists() and probe_dir != probe_dir.parent:
+        probe_dir = probe_dir.parent
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".infersight-check-"):
+            pass
+    except OSError as exc:
+        return CheckResult("storage", "fail", f"{folder} is not writable ({exc.strerror})",
+                           f"make {folder} writable for this user, or set storage.path / --db")
+    free = shutil.disk_usage(probe_dir).free
+    status = "ok" if free > 512 * 2**20 else "warn"
+    return CheckResult("storage", status, f"{path} (folder writable, {free / 2**30:.1f} GiB free)",
+                       "free disk space or lower storage.max_size_mb")
+
+
+def check_port(listen: str) -> CheckResult:
+    from .runtime import split_listen
+
+    host, port = split_listen(listen)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            return CheckResult("web port", "fail", f"{listen} cannot be bound ({exc.strerror})",
+                               "stop what listens there, or set web.listen / --listen to another port")
+    return CheckResult("web port", "ok", f"{listen} is free")
+
+
+def check_ptrace() -> CheckResult:
+    scope_path = Path("/proc/sys/kernel/yama/ptrace_scope")
+    scope = scope_path.read_text().strip() if scope_path.exists() else None
+    cap = _has_cap_sys_ptrace()
+    if os.geteuid() == 0 and cap:
+        return CheckResult("ptrace", "ok", f"root with CAP_SYS_PTRACE (ptrace_scope={scope or 'n/a'})")
+    if cap and scope != "3":
+        return CheckResult("ptrace", "ok", f"CAP_SYS_PTRACE held (ptrace_scope={scope or 'n/a'})")
+    if scope in (None, "0"):
+        return CheckResult("ptrace", "warn", "no CAP_SYS_PTRACE: only processes of this user can be sampled",
+                           "run as the service user with AmbientCapabilities=CAP_SYS_PTRACE (systemd unit), "
+                           "or as the engine's user")
+    return CheckResult("ptrace", "warn", f"kernel.yama.ptrace_scope={scope} and no CAP_SYS_PTRACE: py-spy cannot "
+                       "attach to other processes",
+                       "grant CAP_SYS_PTRACE (the shipped unit does), or `sysctl kernel.yama.ptrace_scope=0`")
+
+
+def _has_cap_sys_ptrace() -> bool:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 19))
+    except OSError:
+        pass
+    return False
+
+
+def find_pyspy(configured: str = "") -> str | None:
+    """The py-spy binary: configured path, next to this Python (the wheel's), then PATH."""
+    if configured:
+        return configured if os.access(configured, os.X_OK) else None
+    beside = Path(sys.executable).parent / "py-spy"
+    if beside.exists() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which("py-spy")
+
+
+def check_pyspy(configured: str) -> CheckResult:
+    path = find_pyspy(configured)
+    if path is None:
+        return CheckResult("py-spy", "warn", "not found: stacks will not be sampled",
+                           "pip install py-spy in the agent's environment, or set collectors.stacks.pyspy_path")
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=10)
+        version = out.stdout.strip() or out.stderr.strip()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return CheckResult("py-spy", "warn", f"{path} does not run ({exc})", "reinstall py-spy")
+    return CheckResult("py-spy", "ok", f"{version} at {path}")
+
+
+def check_nvml() -> list[CheckResult]:
+    try:
+        import pynvml
+    except ImportError:
+        return [CheckResult("NVML", "warn", "nvidia-ml-py is not installed", "pip install nvidia-ml-py")]
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return [CheckResult("NVML", "warn", f"not loadable ({exc}): no GPU data on this host",
+                            "install the NVIDIA driver; in containers use the NVIDIA container toolkit"),
+                CheckResult("GPM", "warn", "not checked (no NVML)")]
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        results = [CheckResult("NVML", "ok", f"driver {driver}, {count} GPU(s)")]
+        supported = []
+        for i in range(count):
+            handle = pynvml.nvmlDeviceGetHandleByIndex(i)
+            try:
+                ok = bool(pynvml.nvmlGpmQueryDeviceSupport(handle).isSupportedDevice)
+            except (pynvml.NVMLError, AttributeError):
+                ok = False
+            supported.append(ok)
+        if count and all(supported):
+            results.append(CheckResult("GPM", "ok", f"supported on all {count} GPU(s)"))
+        else:
+            results.append(CheckResult("GPM", "warn", f"supported on {sum(supported)} of {count} GPU(s): "
+                                       "bottleneck classes come from NVML only there",
+                                       "run dcgm-exporter with profiling fields and set collectors.gpu.dcgm_url"))
+        return results
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def check_endpoint(url: str, timeout: float) -> CheckResult:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read(1 << 20).decode("utf-8", "replace")
+            ctype = resp.headers.get("Content-Type", "")
+    except urllib.error.HTTPError as exc:
+        return CheckResult(f"engine {url}", "warn", f"HTTP {exc.code}", "check the engine's metrics port and path")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return CheckResult(f"engine {url}", "warn", f"unreachable ({reason})",
+                           "start the engine, or fix collectors.engines.endpoints")
+    if "text/html" in ctype or "# TYPE" not in body and "# HELP" not in body:
+        return CheckResult(f"engine {url}", "warn", f"answers but not with Prometheus text ({ctype or 'no type'})",
+                           "point at the engine's /metrics path")
+    return CheckResult(f"engine {url}", "ok", f"Prometheus text, {body.count(chr(10))} lines")
+
+
+def run_checks(config: Config, out=None) -> int:
+    """Print one line per capability; return 0 when the daemon can run, 1 otherwise."""
+    out = out or sys.stdout
+    results = [check_storage(config.storage.path), check_port(config.web.listen), check_ptrace(),
+               check_pyspy(config.collectors.stacks.pyspy_path)]
+    if config.collectors.gpu.enabled:
+        results += check_nvml()
+    for url in config.collectors.engines.endpoints:
+        results.append(check_endpoint(url, config.collectors.engines.timeout_s))
+    for r in results:
+        print(r.line(), file=out)
+    failed = [r for r in results if r.status == "fail"]
+    print(f"{'cannot run' if failed else 'can run'}: {len(results) - len(failed)} of {len(results)} checks passed"
+          f"{' or warned' if not failed else ''}", file=out)
+    return 1 if failed else 0

@@ -1,0 +1,131 @@
+"""The ``infersight`` command line. The only code that exits the process.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from .config import Config, ConfigError, load_config, with_overrides
+from .logfmt import setup_logging
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="infersight", description="Continuous profiler for GPU inference hosts.")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent (collectors, storage, analysis, web UI)")
+    _common(run)
+    run.add_argument("--db", help="DuckDB file (overrides storage.path)")
+    run.add_argument("--listen", help="HOST:PORT of the UI and API (overrides web.listen)")
+    run.add_argument("--pid", type=int, action="append", default=[], help="also profile this process (repeatable)")
+    run.add_argument("--scrape", action="append", default=[], metavar="URL",
+                     help="also scrape this engine /metrics URL (repeatable)")
+
+    check = sub.add_parser("check", help="check every capability the agent needs; exit 0 when it can run")
+    _common(check)
+
+    replay = sub.add_parser("replay", help="analyse a recording directory (see shared/fixtures/h100-scenario)")
+    replay.add_argument("dir", help="recording directory")
+    replay.add_argument("--db", default=":memory:", help="DuckDB file to keep the result in (default: in memory)")
+    replay.add_argument("--json", action="store_true", help="print window and event JSON lines")
+    replay.add_argument("--config", help="config file (analysis thresholds)")
+
+    demo = sub.add_parser("demo", help="the agent plus a simulated inference engine, on a temporary DB")
+    demo.add_argument("--listen", default="127.0.0.1:8321", help="HOST:PORT of the UI (default %(default)s)")
+    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
+    return ap
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (see config.example.toml)")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The config file plus command-line overrides, validated (raises ConfigError)."""
+    config = load_config(args.config)
+    changes = {}
+    if getattr(args, "db", None):
+        changes["storage.path"] = args.db
+    if getattr(args, "listen", None):
+        changes["web.listen"] = args.listen
+    if getattr(args, "pid", None):
+        changes["targets.pids"] = tuple(config.targets.pids) + tuple(args.pid)
+    if getattr(args, "scrape", None):
+        changes["collectors.engines.endpoints"] = tuple(config.collectors.engines.endpoints) + tuple(args.scrape)
+    config = with_overrides(config, **changes)
+    validate_runtime(config)
+    return config
+
+
+def validate_runtime(config: Config) -> None:
+    """Checks that need more than one key (raise ConfigError naming the key)."""
+    from .runtime import split_listen
+
+    try:
+        host, _ = split_listen(config.web.listen)
+    except ValueError as exc:
+        raise ConfigError(f"web.listen: {exc}") from None
+    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+    if not loopback and not config.web.auth_token and not config.web.allow_unauthenticated:
+        raise ConfigError(f"web.listen: {host} is not loopback; set web.auth_token, or web.allow_unauthenticated "
+                          "= true to accept anyone who can reach it")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            config = config_from_args(args)
+            setup_logging(config.agent.log_level)
+            return _run(config)
+        if args.command == "check":
+            from .check import run_checks
+
+            config = config_from_args(args)
+            return run_checks(config)
+        if args.command == "replay":
+            from .replay import main as replay_main
+
+            config = load_config(args.config)
+            setup_logging("warning")
+            return replay_main(args.dir, db=args.db, as_json=args.json, config=config)
+        if args.command == "demo":
+            from .demo import main as demo_main
+
+            setup_logging("info")
+            return demo_main(listen=args.listen, duration=args.duration)
+    except ConfigError as exc:
+        print(f"infersight: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_USAGE
+
+
+def _run(config: Config) -> int:
+    import logging
+
+    from ..storage.store import StoreError
+    from .runtime import Daemon
+
+    if config.web.allow_unauthenticated and not config.web.auth_token:
+        logging.getLogger("infersight").warning(
+            "event=unauthenticated_listen listen=%s note=\"anyone who reaches this address can read profiles\"",
+            config.web.listen)
+    try:
+        return asyncio.run(Daemon(config).run())
+    except StoreError as exc:
+        print(f"infersight: storage error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except OSError as exc:
+        print(f"infersight: cannot start: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

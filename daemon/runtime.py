@@ -1,0 +1,197 @@
+"""The daemon: one asyncio process running collectors, storage, analysis and the web server.
+
+Start-up order: open the store (migrations), build collectors, start their lifecycles,
+schedule each at its interval on an APScheduler AsyncIOScheduler, start the HTTP server,
+then tell systemd READY=1. SIGTERM/SIGINT stop the scheduler, close collectors, flush and
+close the store, and return within a few seconds.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiohttp import web
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from ..storage import retention
+from ..storage.store import Store
+from .collectors import build_collectors
+from .collectors.base import Collector
+from .config import Config
+from .logfmt import kv
+from .runner import Runner
+from .sdnotify import Notifier
+
+log = logging.getLogger("infersight.runtime")
+
+SHUTDOWN_BUDGET_S = 4.0  # stop within systemd's and the issue's 5 s
+
+
+@dataclass
+class Agent:
+    """Everything the web layer may ask about the running daemon."""
+
+    config: Config
+    store: Store
+    runner: Runner
+    started_at: float = field(default_factory=time.time)
+    extras: dict[str, Any] = field(default_factory=dict)   # named components: "analysis", "alerts", ...
+
+    def collector(self, name: str) -> Any:
+        return self.runner.collectors.get(name)
+
+
+class Daemon:
+    """Builds and runs the agent. ``extra_collectors`` are added to the configured ones."""
+
+    def __init__(self, config: Config, *, extra_collectors: list[Collector] | None = None,
+                 notifier: Notifier | None = None, components: list[Callable[["Daemon"], Any]] | None = None):
+        self.config = config
+        self.notifier = notifier or Notifier()
+        self._extra_collectors = extra_collectors or []
+        self._component_factories = components or []
+        self._stop = asyncio.Event()
+        self.agent: Agent | None = None
+        self.site_url: str | None = None
+        self.ready = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until a stop signal; returns the process exit code."""
+        cfg = self.config
+        store = Store.open(cfg.storage.path, host=cfg.host, queue_max_batches=cfg.storage.queue_max_batches,
+                           flush_interval_s=cfg.storage.flush_interval_s)
+        collectors = build_collectors(cfg) + self._extra_collectors
+        runner = Runner(collectors, store.submit)
+        self.agent = agent = Agent(cfg, store, runner)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, self.request_stop)
+            except (NotImplementedError, RuntimeError):
+                pass  # not the main thread (tests run the daemon in a thread)
+        started = []
+        scheduler = AsyncIOScheduler(event_loop=loop)
+        runner_site = None
+        try:
+            for c in collectors:
+                if hasattr(c, "start"):
+                    try:
+                        await c.start()
+                        started.append(c)
+                    except Exception as exc:
+                        runner.status[c.name].ok = False
+                        runner.status[c.name].last_error = f"start failed: {type(exc).__name__}: {exc}"
+                        log.error("event=collector_start_failed collector=%s error=%s", c.name, kv(exc))
+                        continue
+                else:
+                    started.append(c)
+            for c in started:
+                scheduler.add_job(runner.run_once, "interval", args=[c.name], seconds=c.interval_s,
+                                  id=f"collector:{c.name}", max_instances=1, coalesce=True,
+                                  misfire_grace_time=max(1, int(c.interval_s * 2)),
+                                  next_run_time=_now_dt())
+            for factory in self._component_factories:
+                component = factory(self)
+                if component is not None:
+                    agent.extras[component.name] = component
+                    if hasattr(component, "start"):
+                        await component.start()
+                    if getattr(component, "interval_s", None):
+                        scheduler.add_job(component.tick, "interval", seconds=component.interval_s,
+                                          id=f"component:{component.name}", max_instances=1, coalesce=True)
+            policy = retention.RetentionPolicy(
+                retention_s=cfg.storage.retention_hours * 3600, max_bytes=cfg.storage.max_size_mb * 2**20,
+                rollup_after_s=cfg.storage.rollup_after_hours * 3600, rollup_bucket_s=cfg.storage.rollup_bucket_s)
+            scheduler.add_job(self._maintenance, "interval", args=[store, policy],
+                              seconds=cfg.storage.maintenance_interval_s, id="maintenance", max_instances=1,
+                              coalesce=True)
+            if self.notifier.watchdog_interval_s:
+                scheduler.add_job(self._watchdog, "interval", args=[store],
+                                  seconds=self.notifier.watchdog_interval_s, id="watchdog")
+            scheduler.start()
+            runner_site = await self._start_web(agent)
+            self.notifier.ready()
+            log.info("event=started listen=%s db=%s collectors=%s", self.site_url, kv(cfg.storage.path),
+                     ",".join(c.name for c in started))
+            self.ready.set()
+            await self._stop.wait()
+        finally:
+            await self._shutdown(scheduler, started, runner_site, store)
+        return 0
+
+    async def _start_web(self, agent: Agent) -> web.AppRunner:
+        from ..web.app import create_app
+
+        host, port = split_listen(self.config.web.listen)
+        app = create_app(self.config, agent.store, agent=agent)
+        app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        await app_runner.setup()
+        site = web.TCPSite(app_runner, host, port, reuse_address=True)
+        await site.start()
+        bound = app_runner.addresses[0] if app_runner.addresses else (host, port)
+        shown_host = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
+        self.site_url = f"http://{shown_host}:{bound[1]}"
+        return app_runner
+
+    async def _shutdown(self, scheduler, collectors, app_runner, store: Store) -> None:
+        self.notifier.stopping()
+        deadline = time.monotonic() + SHUTDOWN_BUDGET_S
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        if app_runner is not None:
+            await _bounded(app_runner.cleanup(), deadline)
+        for c in collectors:
+            if hasattr(c, "close"):
+                try:
+                    await _bounded(c.close(), deadline)
+                except Exception as exc:
+                    log.warning("event=collector_close_failed collector=%s error=%s", c.name, kv(exc))
+        for component in (self.agent.extras.values() if self.agent else []):
+            if hasattr(component, "close"):
+                try:
+                    await _bounded(component.close(), deadline)
+                except Exception as exc:
+                    log.warning("event=component_close_failed component=%s error=%s", component.name, kv(exc))
+        await asyncio.to_thread(store.close)
+        log.info("event=stopped")
+
+    async def _maintenance(self, store: Store, policy: retention.RetentionPolicy) -> None:
+        try:
+            report = await store.write(retention.run_maintenance, policy, time.time())
+            if any(report.values()):
+                log.info("event=maintenance %s", " ".join(f"{k}={v}" for k, v in report.items()))
+        except Exception as exc:
+            log.error("event=maintenance_failed error=%s", kv(exc))
+
+    async def _watchdog(self, store: Store) -> None:
+        # only pet the watchdog while the writer thread lives: a dead writer should restart us
+        if store.writer_alive:
+            self.notifier.watchdog()
+
+
+async def _bounded(coro, deadline: float) -> None:
+    try:
+        await asyncio.wait_for(coro, timeout=max(0.1, deadline - time.monotonic()))
+    except asyncio.TimeoutError:
+        log.warning("event=shutdown_step_timeout")
+
+
+def _now_dt():
+    from datetime import datetime, timezone
+    return datetime.now(timezone.utc)
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[v6]:PORT' -> (host, port); ValueError with a readable message."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {listen!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)

@@ -1,0 +1,133 @@
+"""Retention by age and by size, and rollups of old samples to coarser buckets.
+
+Run on the writer thread via ``Store.write(run_maintenance, policy, now)``:
+1. rollups: 1 s data older than ``rollup_after_s`` is replaced by one row per
+   ``rollup_bucket_s`` bin (stack counts summed, gauges averaged), so long ranges stay cheap;
+   a watermark per table (table ``rollups``) makes each bin roll up once;
+2. age: rows older than ``retention_s`` are deleted from every time table;
+3. size: while the data in use exceeds ``max_bytes``, the oldest hour is deleted.
+
+DuckDB reuses the blocks freed by deletes, so the file stops growing at about the bound
+instead of shrinking; "size" here is the used blocks (``pragma_database_size``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..daemon.model import GPU_SIGNALS
+
+# table -> time column (stack tables use integer buckets)
+TIME_TABLES = {
+    "stack_samples": "bucket", "sampling_stats": "bucket", "host_samples": "t", "process_samples": "t",
+    "gpu_samples": "t", "gpu_processes": "t", "engine_samples": "t", "histogram_deltas": "t",
+    "raw_samples": "t", "windows": "start", "events": '"end"',
+}
+_ROLLUPS = {
+    "stack_samples": ("bucket", "target, thread, stack, active", "sum(count)::UINTEGER",
+                      "target, thread, stack, active, count"),
+    "sampling_stats": ("bucket", "target", "sum(samples)::UINTEGER, sum(errors)::UINTEGER", "target, samples, errors"),
+    "gpu_samples": ("t", "gpu, source", ", ".join(f"avg({s})" if s != "clocks_event_reasons" else f"bit_or({s})"
+                                                  for s in GPU_SIGNALS), "gpu, source, " + ", ".join(GPU_SIGNALS)),
+    "engine_samples": ("t", "endpoint, engine, model, signal", "avg(value)", "endpoint, engine, model, signal, value"),
+    "process_samples": ("t", "target", "avg(cpu_percent), avg(rss_bytes)::BIGINT, avg(threads)::INTEGER, "
+                        "max(ctx_voluntary), max(ctx_involuntary)",
+                        "target, cpu_percent, rss_bytes, threads, ctx_voluntary, ctx_involuntary"),
+    "host_samples": ("t", "cpu_count", "avg(cpu_percent), avg(mem_used_bytes)::BIGINT, max(mem_total_bytes), "
+                     "avg(load1), avg(load5), avg(load15)",
+                     "cpu_count, cpu_percent, mem_used_bytes, mem_total_bytes, load1, load5, load15"),
+}
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    retention_s: float
+    max_bytes: float
+    rollup_after_s: float
+    rollup_bucket_s: int
+
+
+def used_bytes(con) -> int:
+    """Bytes in used blocks of the database (what retention by size bounds)."""
+    row = con.execute("SELECT used_blocks * block_size FROM pragma_database_size()").fetchone()
+    return int(row[0] or 0)
+
+
+def run_maintenance(con, policy: RetentionPolicy, now: float) -> dict[str, int]:
+    """Roll up, then delete by age, then by size. Returns rows affected per step."""
+    report = {"rolled_up": rollup(con, now - policy.rollup_after_s, policy.rollup_bucket_s)}
+    report["deleted_by_age"] = delete_before(con, now - policy.retention_s)
+    report["deleted_by_size"] = 0
+    for _ in range(10_000):  # bounded: one hour per step
+        if used_bytes(con) <= policy.max_bytes:
+            break
+        oldest = _oldest(con)
+        if oldest is None:
+            break
+        deleted = delete_before(con, oldest + 3600)
+        report["deleted_by_size"] += deleted
+        con.execute("CHECKPOINT")
+        if deleted == 0:
+            break
+    return report
+
+
+def _oldest(con) -> float | None:
+    parts = " UNION ALL ".join(f"SELECT min({col})::DOUBLE FROM {t}" for t, col in TIME_TABLES.items())
+    row = con.execute(f"SELECT min(m) FROM ({parts}) x(m)").fetchone()
+    return row[0]
+
+
+def delete_before(con, cutoff: float) -> int:
+    """Delete rows older than ``cutoff`` from every time table (closed events only)."""
+    total = 0
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for table, col in TIME_TABLES.items():
+            extra = " AND NOT open" if table == "events" else ""
+            total += con.execute(f"DELETE FROM {table} WHERE {col} < ?{extra}", [cutoff]).fetchone()[0]
+        con.execute("DELETE FROM outbox WHERE status IN ('delivered', 'given_up') AND done_at < ?", [cutoff])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return total
+
+
+def rollup(con, before: float, bucket_s: int) -> int:
+    """Replace 1 s rows older than ``before`` with one row per ``bucket_s`` bin; returns rows removed."""
+    edge = (int(before) // bucket_s) * bucket_s
+    removed = 0
+    for table, (tcol, keys, aggs, insert_cols) in _ROLLUPS.items():
+        row = con.execute("SELECT done_before FROM rollups WHERE tbl = ?", [table]).fetchone()
+        start = row[0] if row else None
+        if start is None:
+            first = con.execute(f"SELECT min({tcol}) FROM {table}").fetchone()[0]
+            if first is None:
+                continue
+            start = (int(first) // bucket_s) * bucket_s
+        if start >= edge:
+            continue
+        bin_expr = f"(({tcol})::BIGINT // {bucket_s}) * {bucket_s}"
+        if tcol == "bucket":
+            bin_expr = f"({bin_expr})::INTEGER"
+        else:
+            bin_expr = f"({bin_expr})::DOUBLE"
+        con.execute("BEGIN TRANSACTION")
+        try:
+            before_n = con.execute(f"SELECT count(*) FROM {table} WHERE {tcol} >= ? AND {tcol} < ?",
+                                   [start, edge]).fetchone()[0]
+            con.execute(f"""CREATE TEMP TABLE _rolled AS
+                SELECT {bin_expr} AS {tcol}, {keys}, {aggs} FROM {table}
+                WHERE {tcol} >= ? AND {tcol} < ? GROUP BY ALL""", [start, edge])
+            con.execute(f"DELETE FROM {table} WHERE {tcol} >= ? AND {tcol} < ?", [start, edge])
+            con.execute(f"INSERT INTO {table} ({tcol}, {insert_cols}) SELECT * FROM _rolled")
+            after_n = con.execute("SELECT count(*) FROM _rolled").fetchone()[0]
+            con.execute("DROP TABLE _rolled")
+            con.execute("DELETE FROM rollups WHERE tbl = ?", [table])
+            con.execute("INSERT INTO rollups VALUES (?, ?)", [table, float(edge)])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        removed += before_n - after_n
+    return removed

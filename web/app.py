@@ -1,0 +1,86 @@
+"""The aiohttp app factory: ``create_app(config, store, agent=None)``.
+
+Serves the UI (static files, no build step), the JSON API and /metrics in the daemon's
+process. Middlewares add security headers to every response, enforce the bearer token
+when one is configured (constant-time compare), and turn unexpected errors into a JSON 500
+that reveals nothing of the internals.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..daemon.config import Config
+from ..storage.store import Store
+
+log = logging.getLogger("infersight.web")
+
+CONFIG_KEY = web.AppKey("config", Config)
+STORE_KEY = web.AppKey("store", Store)
+AGENT_KEY = web.AppKey("agent", object)
+STATIC_DIR = Path(__file__).parent / "static"
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
+                        status=status, content_type="application/json")
+
+
+@web.middleware
+async def security_headers(request: web.Request, handler):
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        response = exc
+    except Exception as exc:  # never leak a traceback to the client
+        log.error("event=request_failed path=%s error=%r", request.path, str(exc)[:200], exc_info=exc)
+        response = json_response({"error": "internal error; see the agent's log"}, status=500)
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    if isinstance(response, web.HTTPException) and not isinstance(response, web.HTTPSuccessful):
+        if response.status >= 400 and response.content_type != "application/json":
+            body = json_response({"error": response.reason}, status=response.status)
+            for k, v in response.headers.items():
+                if k.lower() not in ("content-type", "content-length"):
+                    body.headers[k] = v
+            return body
+    return response
+
+
+def auth_middleware(token: str):
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check_token(request: web.Request, handler):
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="infersight"'})
+        return await handler(request)
+
+    return check_token
+
+
+def create_app(config: Config, store: Store, *, agent: Any = None) -> web.Application:
+    """The web application; ``agent`` (daemon.runtime.Agent) adds health and live state."""
+    middlewares = [security_headers]
+    if config.web.auth_token:
+        middlewares.append(auth_middleware(config.web.auth_token))
+    app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
+    app[CONFIG_KEY] = config
+    app[STORE_KEY] = store
+    app[AGENT_KEY] = agent
+    from . import api, ui
+
+    api.add_routes(app)
+    ui.add_routes(app)
+    return app
