@@ -1,0 +1,175 @@
+"""Shared fixtures and helpers for the test suite.
+
+- ``store``: a real DuckDB-backed :class:`Store` in ``tmp_path`` (short flush interval).
+- ``make_config(**overrides)``: a validated Config for tests, through
+  ``daemon.config.with_overrides``; dotted keys are passed as ``**{"storage.path": ...}``
+  or with ``__`` for the dot (``storage__path=...``).
+- ``require_tool(name)``: the path of a binary the test drives for real; a missing one
+  FAILS the test with the install hint (it is never a skip: CI installs these as root).
+- ``agent_process``: starts ``python -m infersight.daemon.cli run`` as a real subprocess
+  on 127.0.0.1:0 and finds its URL from the ``event=started listen=URL`` log line.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from infersight.daemon.config import Config, with_overrides
+from infersight.storage.store import Store
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Debian packages (make system-deps installs them as root) and pip packages per binary.
+INSTALL_HINTS = {
+    "systemd-analyze": "apt-get install systemd (make test does it when run as root)",
+    "systemd-sysusers": "apt-get install systemd (make test does it when run as root)",
+    "systemd-tmpfiles": "apt-get install systemd (make test does it when run as root)",
+    "chromium": "apt-get install chromium (make test does it when run as root)",
+    "prometheus": "apt-get install prometheus (make test does it when run as root)",
+    "py-spy": "pip install py-spy (a dependency of infersight: pip install -e .)",
+}
+
+# Collectors that need hardware or other processes stay off unless a test turns them on,
+# so the runtime tests exercise the runtime, not the host they run on.
+QUIET_COLLECTORS = {
+    "collectors.gpu.enabled": False,
+    "collectors.stacks.enabled": False,
+    "collectors.engines.enabled": False,
+}
+
+
+def require_tool(name: str) -> str:
+    """Absolute path of ``name`` (PATH, then beside this Python); pytest.fail when missing."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists() and os.access(beside, os.X_OK):
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(f"{name} is not installed: {INSTALL_HINTS.get(name, 'install ' + name)}", pytrace=False)
+    return found
+
+
+@pytest.fixture(name="require_tool")
+def require_tool_fixture() -> Callable[[str], str]:
+    return require_tool
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Config]:
+    """Config with the DB in tmp_path, listen on a free port, hardware collectors off."""
+
+    def make(**overrides: Any) -> Config:
+        base = {"storage.path": str(tmp_path / "agent.duckdb"), "web.listen": "127.0.0.1:0", **QUIET_COLLECTORS}
+        base.update({key.replace("__", "."): value for key, value in overrides.items()})
+        return with_overrides(Config(), **base)
+
+    return make
+
+
+@pytest.fixture
+def store(tmp_path: Path):
+    """A fresh store on disk; closed (flushed, checkpointed) after the test."""
+    s = Store.open(str(tmp_path / "store.duckdb"), host="testhost", flush_interval_s=0.05)
+    yield s
+    s.close()
+
+
+class AgentProcess:
+    """A running ``infersight run`` subprocess; stderr lines are collected on a thread."""
+
+    STARTED = re.compile(r"event=started listen=(\S+)")
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        cmd = [sys.executable, "-m", "infersight.daemon.cli", "run", *args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env={**os.environ, **(env or {})})
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.url: str | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for_line(self, pattern: str | re.Pattern, timeout: float = 60.0) -> re.Match:
+        """First stderr line matching ``pattern`` (seen before or arriving within ``timeout``)."""
+        rx = re.compile(pattern)
+        for line in self.lines:
+            m = rx.search(line)
+            if m:
+                return m
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {rx.pattern!r} within {timeout} s; stderr so far:\n"
+                                     + "\n".join(self.lines)) from None
+            if line is None:
+                raise AssertionError(f"agent exited with {self.proc.wait()} before {rx.pattern!r}; stderr:\n"
+                                     + "\n".join(self.lines))
+            self.lines.append(line)
+            m = rx.search(line)
+            if m:
+                return m
+
+    def wait_started(self, timeout: float = 60.0) -> str:
+        self.url = self.wait_for_line(self.STARTED, timeout).group(1)
+        return self.url
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        """Send ``sig`` and wait at most ``timeout`` seconds for the exit code."""
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def drain(self) -> str:
+        """All stderr after exit (the reader thread ends at EOF)."""
+        self._reader.join(10)
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line is not None:
+                self.lines.append(line)
+        return "\n".join(self.lines)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self._reader.join(10)
+        if self.proc.stderr:
+            self.proc.stderr.close()
+
+
+@pytest.fixture
+def agent_process():
+    """Factory of AgentProcess; every process it started is killed at teardown."""
+    started: list[AgentProcess] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> AgentProcess:
+        agent = AgentProcess(args, env)
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.kill()
