@@ -37,11 +37,22 @@ def insert_columns(con, table: str, data: dict[str, Iterable]) -> None:
     """Append a dict of equal-length columns to ``table`` (names must match its columns)."""
     cols = {k: (v if isinstance(v, np.ndarray) else list(v)) for k, v in data.items()}
     con.register("_append_src", _as_relation_source(cols))
+    names = ", ".join(f'"{k}"' for k in cols)
     try:
-        names = ", ".join(f'"{k}"' for k in cols)
         con.execute(f'INSERT INTO {table} ({names}) SELECT {names} FROM _append_src')
-    finally:
-        con.unregister("_append_src")
+    except Exception:
+        _unregister_quietly(con, "_append_src")
+        raise
+    con.unregister("_append_src")
+
+
+def _unregister_quietly(con, name: str) -> None:
+    """Unregister after a failed statement without hiding its error: an aborted transaction
+    refuses the unregister, and the next ``register`` of the name replaces the view anyway."""
+    try:
+        con.unregister(name)
+    except Exception:
+        pass
 
 
 def _as_relation_source(cols: dict[str, object]):

@@ -10,7 +10,8 @@ Two inputs, drained in order of arrival:
 Batches are appended in one transaction per flush, at most ``flush_interval_s`` after
 they arrive. A failed flush (disk full, I/O error) is counted, its batches are kept and
 retried on the next flush up to a bound, then dropped and counted, so the agent degrades
-instead of crashing.
+instead of crashing. A batch the schema refuses (bad data) is found by writing the batches
+of a failed flush one by one, and dropped alone.
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ class WriterStats:
     last_flush_at: float | None = None
     last_error: str | None = None
     queue_depth: int = 0
+    batches_rejected: int = 0       # dropped because the schema refused their data (also in batches_dropped)
     by_collector: dict[str, int] = field(default_factory=dict)
 
 
@@ -60,6 +62,7 @@ class Writer:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_max_batches)
         self._flush_interval = flush_interval_s
         self._retained: deque[Batch] = deque()
+        self._rejected_logged: set[str] = set()
         self.stats = WriterStats()
         self._stats_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="infersight-writer", daemon=True)
@@ -142,13 +145,56 @@ class Writer:
             return
         started = time.perf_counter()
         try:
+            rows = self._append(batches)
+        except Exception as exc:
+            if len(batches) == 1:
+                self._keep_for_retry(batches, exc)
+            else:
+                self._flush_singly(batches, exc, started)
+            return
+        self._count_written(batches, rows, started)
+
+    def _append(self, batches: list[Batch]) -> int:
+        """One transaction for ``batches``; rolled back (and re-raised) when it fails."""
+        try:
             self._con.execute("BEGIN TRANSACTION")
             rows = append_batches(self._con, self._interner, batches, self._host)
             self._con.execute("COMMIT")
-        except Exception as exc:
+        except Exception:
             self._rollback_if_open()
-            self._keep_for_retry(batches, exc)
+            raise
+        return rows
+
+    def _flush_singly(self, batches: list[Batch], first_exc: Exception, started: float) -> None:
+        """After a failed flush, write each batch alone so one bad batch cannot block the rest.
+
+        A batch that fails alone while others succeed carries data the schema rejects (an
+        out-of-range value): retrying cannot help, so it is dropped, counted and logged once
+        per collector. When every batch fails, the store itself is failing (disk full): all
+        are kept for the next flush.
+        """
+        failed: list[tuple[Batch, Exception]] = []
+        for batch in batches:
+            try:
+                rows = self._append([batch])
+            except Exception as exc:
+                failed.append((batch, exc))
+                continue
+            self._count_written([batch], rows, started)
+        if len(failed) == len(batches):
+            self._keep_for_retry(batches, first_exc)
             return
+        with self._stats_lock:
+            self.stats.flush_failures += 1
+            self.stats.batches_dropped += len(failed)
+            self.stats.rows_dropped += sum(b.row_count() for b, _ in failed)
+            self.stats.batches_rejected += len(failed)
+        for batch, exc in failed:
+            if batch.collector not in self._rejected_logged:
+                self._rejected_logged.add(batch.collector)
+                log.error("event=batch_rejected collector=%s error=%r", batch.collector, str(exc).splitlines()[0])
+
+    def _count_written(self, batches: list[Batch], rows: int, started: float) -> None:
         with self._stats_lock:
             s = self.stats
             s.flushes += 1
