@@ -1,0 +1,304 @@
+"""The engine metrics collector: scrapes engines' Prometheus ``/metrics`` endpoints.
+
+Endpoints come from the config (``collectors.engines.endpoints``), the command line
+(``--scrape URL``, passed as ``extra_endpoints``) and autodiscovery (:meth:`discover`: the
+listening TCP ports of engine processes, each probed once). Every run scrapes the endpoints
+that are due concurrently through one shared aiohttp session, each with a timeout shorter
+than the interval; an endpoint that fails is retried after 1, 2, 4, ... runs (at most
+``MAX_BACKOFF_S`` apart). Parsing and normalization (engine_ingest) run in a worker thread.
+
+A broken endpoint never breaks the run: its problem goes to ``Batch.errors`` and to
+:meth:`endpoint_status` in plain words ("timed out after 0.8 s", "HTTP 500", "not Prometheus
+text (got text/html)", "connection refused").
+"""
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import aiohttp
+
+from ..config import EnginesCollectorConfig
+from ..engine_ingest import EndpointIngest, Ingested
+from ..model import Batch
+from .engine_discovery import listening_endpoints, normalize_url
+
+log = logging.getLogger("infersight.engines")
+
+MAX_BODY_BYTES = 16 * 2**20       # a scrape larger than this is refused (bytes)
+MAX_BACKOFF_S = 30.0              # longest wait between two attempts on a down endpoint
+# Prefer the classic text format (what the fixtures are); OpenMetrics is read as well.
+ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
+TEXT_TYPES = frozenset({"text/plain", "application/openmetrics-text", "application/octet-stream", ""})
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    origin: str                                   # config, cli, discovered
+    ingest: EndpointIngest
+    pids: set[int] = field(default_factory=set)   # discovered from these processes
+    engines: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    last_success: float | None = None
+    last_attempt: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    consecutive_failures: int = 0
+    skip_runs: int = 0
+    samples: int = 0
+    series: int = 0
+    bad_lines: int = 0
+    bad_lines_total: int = 0
+    bad_line_examples: list[str] = field(default_factory=list)
+    scrapes_ok: int = 0
+    scrapes_failed: int = 0
+
+
+class ScrapeError(Exception):
+    """A scrape that gave nothing usable; the message is fit to show as is."""
+
+
+class EngineCollector:
+    """Scrapes engine endpoints; see the module docstring. ``clock`` gives Unix seconds."""
+
+    name = "engines"
+
+    def __init__(self, config: EnginesCollectorConfig, host: str, extra_endpoints: Iterable[str] = (),
+                 *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.host = host
+        self.interval_s = config.interval_s
+        # Shorter than the interval whatever the config says, so runs never pile up.
+        self.timeout_s = min(config.timeout_s, 0.9 * config.interval_s)
+        self._clock = clock
+        self._session: aiohttp.ClientSession | None = None
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._probed: dict[tuple[int, float, int], str | None] = {}
+        for url in config.endpoints:
+            self.add_endpoint(url, origin="config")
+        for url in extra_endpoints:
+            self.add_endpoint(url, origin="cli")
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout_s), headers={"Accept": ACCEPT})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- endpoints -----------------------------------------------------------------------
+    def add_endpoint(self, url: str, origin: str = "config", pid: int | None = None) -> bool:
+        """Scrape ``url`` from now on; False when it was already scraped (the pid is noted)."""
+        url = normalize_url(url)
+        ep = self._endpoints.get(url)
+        if ep is None:
+            ep = self._endpoints[url] = _Endpoint(url, origin, EndpointIngest(
+                url, self.config.quantile_window_s, self.config.max_series_per_endpoint))
+            added = True
+        else:
+            added = False
+        if pid is not None:
+            ep.pids.add(pid)
+        return added
+
+    def endpoints(self) -> list[str]:
+        return list(self._endpoints)
+
+    async def discover(self, pids: Iterable[int]) -> list[str]:
+        """Probe ``/metrics`` on the listening TCP ports of ``pids`` (the full current set of
+        engine processes) and scrape those that answer with engine metrics. Each (process,
+        port) is probed once; answers and non-answers are remembered while the process lives.
+        Discovered endpoints whose processes are all gone are dropped. Returns the new URLs.
+        """
+        if not self.config.autodiscover:
+            return []
+        current = set(pids)
+        for url, ep in list(self._endpoints.items()):
+            if ep.origin == "discovered" and not (ep.pids & current):
+                log.info("event=engine_endpoint_gone url=%s", url)
+                del self._endpoints[url]
+        found = await asyncio.to_thread(listening_endpoints, current)
+        alive = {(pid, ctime) for pid, ctime, _, _ in found}
+        self._probed = {k: v for k, v in self._probed.items() if (k[0], k[1]) in alive}
+        todo = [(pid, ctime, port, url) for pid, ctime, port, url in found if (pid, ctime, port) not in self._probed]
+        if not todo:
+            return []
+        await self.start()
+        answers = await asyncio.gather(*(self._probe(url) for *_, url in todo))
+        added = []
+        for (pid, ctime, port, url), engines in zip(todo, answers):
+            self._probed[(pid, ctime, port)] = url if engines else None
+            if engines:
+                if self.add_endpoint(url, origin="discovered", pid=pid):
+                    added.append(url)
+                    log.info("event=engine_endpoint_found url=%s pid=%d engines=%s", url, pid, ",".join(engines))
+        return added
+
+    async def _probe(self, url: str) -> list[str]:
+        """The engines an endpoint exposes, or [] when it does not answer with engine metrics."""
+        try:
+            _, text = await self._fetch(url)
+        except ScrapeError:
+            return []
+        ingest = EndpointIngest(url, self.config.quantile_window_s, self.config.max_series_per_endpoint)
+        try:
+            return (await asyncio.to_thread(ingest.ingest, self._clock(), text)).engines
+        except Exception:  # a parser bug must not stop discovery; the endpoint is just skipped
+            log.exception("event=engine_probe_failed url=%s", url)
+            return []
+
+    # -- collection ----------------------------------------------------------------------
+    async def collect(self, now: float) -> Batch:
+        batch = Batch(collector=self.name, t=now)
+        if not self._endpoints:
+            batch.no_data = "no engine endpoints configured or discovered"
+            return batch
+        await self.start()
+        due = []
+        for ep in list(self._endpoints.values()):
+            if ep.skip_runs > 0:
+                ep.skip_runs -= 1
+            else:
+                due.append(ep)
+        results = await asyncio.gather(*(self._scrape(ep) for ep in due))
+        for ep, (result, error) in zip(due, results):
+            if error is not None:
+                batch.errors.append(f"{ep.url}: {error}")
+            if result is not None:
+                batch.engine_samples.extend(result.engine_samples)
+                batch.histogram_deltas.extend(result.histogram_deltas)
+                batch.raw_series.extend(result.raw_series)
+        return batch
+
+    async def _scrape(self, ep: _Endpoint) -> tuple[Ingested | None, str | None]:
+        """One endpoint's scrape; returns (records, error words), never raises."""
+        ep.last_attempt = self._clock()
+        try:
+            t, text = await self._fetch(ep.url)
+            result = await asyncio.to_thread(ep.ingest.ingest, t, text)
+            if not result.readable:
+                raise ScrapeError(f"not Prometheus text (no readable sample in {result.bad_lines} lines)")
+        except ScrapeError as exc:
+            return None, self._failed(ep, str(exc))
+        except Exception as exc:  # a bug in reading one endpoint must not cost the others
+            log.exception("event=engine_ingest_failed url=%s", ep.url)
+            return None, self._failed(ep, f"internal error reading the scrape: {type(exc).__name__}: {exc}")
+        error = None
+        if result.bad_lines and not ep.bad_lines:
+            error = f"{result.bad_lines} unreadable lines (first: {result.bad_line_examples[0]})"
+            log.warning("event=engine_bad_lines url=%s count=%d first=%r", ep.url, result.bad_lines,
+                        result.bad_line_examples[0])
+        if ep.consecutive_failures:
+            log.info("event=engine_endpoint_back url=%s after_failures=%d", ep.url, ep.consecutive_failures)
+        ep.last_success = t
+        ep.consecutive_failures = 0
+        ep.scrapes_ok += 1
+        ep.engines, ep.models = result.engines, result.models
+        ep.samples, ep.series = result.samples, len(result.raw_series)
+        ep.bad_lines = result.bad_lines
+        ep.bad_lines_total += result.bad_lines
+        if result.bad_lines:
+            ep.bad_line_examples = result.bad_line_examples
+        return result, error
+
+    def _failed(self, ep: _Endpoint, error: str) -> str:
+        ep.consecutive_failures += 1
+        ep.scrapes_failed += 1
+        ep.last_error, ep.last_error_at = error, self._clock()
+        max_skip = max(0, int(MAX_BACKOFF_S / self.interval_s) - 1)
+        ep.skip_runs = min(2 ** (ep.consecutive_failures - 1) - 1, max_skip)
+        if ep.consecutive_failures == 1:
+            log.warning("event=engine_endpoint_down url=%s error=%r", ep.url, error)
+        return error
+
+    async def _fetch(self, url: str) -> tuple[float, str]:
+        """GET ``url``; returns (Unix time the response began, body text) or raises ScrapeError."""
+        assert self._session is not None
+        try:
+            async with self._session.get(url, allow_redirects=False) as resp:
+                t = self._clock()
+                if resp.status != 200:
+                    raise ScrapeError(f"HTTP {resp.status}" + (f" {resp.reason}" if resp.reason else ""))
+                ctype = resp.content_type.lower()
+                if ctype not in TEXT_TYPES:
+                    raise ScrapeError(f"not Prometheus text (got {ctype})")
+                body = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > MAX_BODY_BYTES:
+                        raise ScrapeError(f"response larger than {MAX_BODY_BYTES >> 20} MiB")
+                return t, body.decode(resp.charset or "utf-8", errors="replace")
+        except ScrapeError:
+            raise
+        except Exception as exc:
+            raise ScrapeError(describe_error(exc, self.timeout_s)) from None
+
+    # -- status --------------------------------------------------------------------------
+    def endpoint_status(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per endpoint (for /api/engines, /api/health and ``check``).
+
+        Times are Unix seconds or None; ``engine`` is the first engine recognised (None before
+        a successful scrape); ``series_dropped`` counts raw series refused by the cardinality
+        guard at the last scrape, ``series_dropped_total`` since start; ``bad_lines`` is the last
+        scrape's count of unreadable lines.
+        """
+        out = []
+        for ep in self._endpoints.values():
+            guard = ep.ingest.guard
+            out.append({
+                "url": ep.url,
+                "origin": ep.origin,
+                "pids": sorted(ep.pids),
+                "ok": ep.last_success is not None and ep.consecutive_failures == 0,
+                "engine": ep.engines[0] if ep.engines else None,
+                "engines": list(ep.engines),
+                "models": list(ep.models),
+                "last_success": ep.last_success,
+                "last_attempt": ep.last_attempt,
+                "last_error": ep.last_error,
+                "last_error_at": ep.last_error_at,
+                "consecutive_failures": ep.consecutive_failures,
+                "retry_in_runs": ep.skip_runs,
+                "samples": ep.samples,
+                "series": ep.series,
+                "series_dropped": guard.dropped_last,
+                "series_dropped_total": guard.dropped_total,
+                "max_series": guard.max_series,
+                "bad_lines": ep.bad_lines,
+                "bad_lines_total": ep.bad_lines_total,
+                "bad_line_examples": list(ep.bad_line_examples),
+                "scrapes_ok": ep.scrapes_ok,
+                "scrapes_failed": ep.scrapes_failed,
+            })
+        return out
+
+
+def describe_error(exc: BaseException, timeout_s: float) -> str:
+    """A failed request in plain words."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return f"timed out after {timeout_s:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        os_error = exc.os_error
+        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(exc, getattr(aiohttp, "ClientConnectorDNSError", ())):
+            return f"host name not found ({exc.host})"
+        return f"cannot connect: {os_error.strerror or os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed by the endpoint before a full response"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "response cut short or badly encoded"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return f"invalid URL: {exc}"
+    if isinstance(exc, OSError):
+        return f"cannot connect: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"

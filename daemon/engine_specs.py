@@ -1,0 +1,173 @@
+"""Which engine metric feeds which normalized signal (DESIGN.md's table, plus Triton and Dynamo).
+
+An engine is recognised by the names of the metrics an endpoint exposes (:func:`detect`);
+each of its signals lists one or more :class:`Source` alternatives, tried in order, the first
+with samples for a model winning (so vLLM's old ``gpu_cache_usage_perc`` is used only where
+``kv_cache_usage_perc`` is absent). Engines not covered by a signal simply leave it out.
+
+Deliberate gaps, where no metric means the same thing:
+- trtllm-serve's ``trtllm_num_paused_requests`` and SGLang's ``sglang:num_retracted_reqs``
+  are levels (SGLang's is reset after every publish), not counts of events, so they cannot be
+  turned into ``preemptions_per_s``; SGLang uses the ``num_retracted_requests_total`` counter
+  where it exists, else the sum of its ``num_retractions`` histogram (retractions of finished
+  requests).
+- TGI has no TTFT or inter-token histogram (``tgi_request_mean_time_per_token_duration``
+  includes the prefill), and no KV-cache gauge.
+- Triton's TRT-LLM backend has no token counters; its TTFT is Triton's
+  ``nv_inference_first_response_histogram_ms`` (opt-in, milliseconds; time to the first
+  streamed response, which is the first token only for streaming/decoupled models).
+- Dynamo's frontend counts requests in flight at the HTTP front (queued ones included).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+# Labels that name the model, in order of preference.
+MODEL_LABELS = ("model_name", "model", "served_model_name")
+# Labels along which an engine repeats the same figure (tensor/pipeline ranks of one scheduler,
+# the reporting process): series differing only in these are one series, not several.
+REPLICA_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank", "attn_tp_rank", "pid"})
+# Labels that split a total into parts: when some series lack them (the total), the parts are
+# dropped so they are not counted twice.
+BREAKDOWN_LABELS = ("priority",)
+
+GAUGE, COUNTER, HISTOGRAM = "gauge", "counter", "histogram"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One metric that can feed a signal.
+
+    ``name`` is a sample name for gauges; for counters the base name, matched with and without
+    ``_total``; for histograms the family name (``_bucket``/``_count``/``_sum`` samples).
+    ``match`` are label values a series must carry (which are then not model dimensions);
+    ``scale`` converts to the signal's unit (histogram bucket bounds for histograms).
+    """
+
+    name: str
+    kind: str
+    match: tuple[tuple[str, str], ...] = ()
+    scale: float = 1.0
+
+    def sample_names(self) -> tuple[str, ...]:
+        if self.kind == COUNTER:
+            if self.name.endswith("_total"):
+                return (self.name, self.name[: -len("_total")])
+            return (self.name + "_total", self.name)
+        if self.kind == HISTOGRAM:
+            return (self.name + "_bucket",)
+        return (self.name,)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """An engine: how to recognise it and where each of its signals comes from."""
+
+    name: str
+    detect_prefixes: tuple[str, ...]
+    signals: dict[str, tuple[Source, ...]]
+
+
+def _g(name: str, **match: str) -> Source:
+    return Source(name, GAUGE, tuple(sorted(match.items())))
+
+
+def _c(name: str) -> Source:
+    return Source(name, COUNTER)
+
+
+def _h(name: str, scale: float = 1.0) -> Source:
+    return Source(name, HISTOGRAM, (), scale)
+
+
+def _trtllm(signal_suffixes: dict[str, tuple[str, str]]) -> dict[str, tuple[Source, ...]]:
+    # Dynamo has published trtllm-serve's metrics with a "trtllm:" prefix in some versions;
+    # trtllm-serve itself uses "trtllm_".
+    return {
+        signal: tuple(Source(prefix + suffix, kind) for prefix in ("trtllm_", "trtllm:"))
+        for signal, (suffix, kind) in signal_suffixes.items()
+    }
+
+
+ENGINES: tuple[EngineSpec, ...] = (
+    EngineSpec("vllm", ("vllm:",), {
+        "requests_running": (_g("vllm:num_requests_running"),),
+        "requests_waiting": (_g("vllm:num_requests_waiting"),),
+        "kv_cache_usage": (_g("vllm:kv_cache_usage_perc"), _g("vllm:gpu_cache_usage_perc")),
+        "prompt_tokens_per_s": (_c("vllm:prompt_tokens"),),
+        "generation_tokens_per_s": (_c("vllm:generation_tokens"),),
+        "preemptions_per_s": (_c("vllm:num_preemptions"),),
+        "ttft_seconds": (_h("vllm:time_to_first_token_seconds"),),
+        "itl_seconds": (_h("vllm:inter_token_latency_seconds"), _h("vllm:time_per_output_token_seconds")),
+        "e2e_seconds": (_h("vllm:e2e_request_latency_seconds"),),
+    }),
+    EngineSpec("sglang", ("sglang:",), {
+        "requests_running": (_g("sglang:num_running_reqs"),),
+        "requests_waiting": (_g("sglang:num_queue_reqs"),),
+        "kv_cache_usage": (_g("sglang:token_usage"),),
+        "prompt_tokens_per_s": (_c("sglang:prompt_tokens"),),
+        "generation_tokens_per_s": (_c("sglang:generation_tokens"),),
+        "preemptions_per_s": (_c("sglang:num_retracted_requests"), _c("sglang:num_retractions_sum")),
+        "ttft_seconds": (_h("sglang:time_to_first_token_seconds"),),
+        "itl_seconds": (_h("sglang:inter_token_latency_seconds"),),
+        "e2e_seconds": (_h("sglang:e2e_request_latency_seconds"),),
+    }),
+    EngineSpec("tgi", ("tgi_",), {
+        "requests_running": (_g("tgi_batch_current_size"),),
+        "requests_waiting": (_g("tgi_queue_size"),),
+        "prompt_tokens_per_s": (_c("tgi_request_input_length_sum"),),
+        "generation_tokens_per_s": (_c("tgi_request_generated_tokens_sum"),),
+        "e2e_seconds": (_h("tgi_request_duration"),),
+    }),
+    EngineSpec("trtllm", ("trtllm_", "trtllm:"), _trtllm({
+        "requests_running": ("num_requests_running", GAUGE),
+        "requests_waiting": ("num_requests_waiting", GAUGE),
+        "kv_cache_usage": ("kv_cache_utilization", GAUGE),
+        "prompt_tokens_per_s": ("prompt_tokens", COUNTER),
+        "generation_tokens_per_s": ("generation_tokens", COUNTER),
+        "ttft_seconds": ("time_to_first_token_seconds", HISTOGRAM),
+        "itl_seconds": ("time_per_output_token_seconds", HISTOGRAM),
+        "e2e_seconds": ("e2e_request_latency_seconds", HISTOGRAM),
+    })),
+    EngineSpec("triton", ("nv_trt_llm_",), {
+        "requests_running": (_g("nv_trt_llm_request_metrics", request_type="scheduled"),
+                             _g("nv_trt_llm_request_metrics", request_type="active")),
+        "requests_waiting": (_g("nv_trt_llm_request_metrics", request_type="waiting"),
+                             _g("nv_inference_pending_request_count")),
+        "kv_cache_usage": (_g("nv_trt_llm_kv_cache_block_metrics", kv_cache_block_type="fraction"),),
+        "ttft_seconds": (_h("nv_inference_first_response_histogram_ms", scale=0.001),),
+    }),
+    EngineSpec("dynamo", ("dynamo_frontend_",), {
+        "requests_running": (_g("dynamo_frontend_inflight_requests"), _g("dynamo_frontend_active_requests")),
+        "requests_waiting": (_g("dynamo_frontend_queued_requests"),),
+        "prompt_tokens_per_s": (_c("dynamo_frontend_input_sequence_tokens_sum"),),
+        "generation_tokens_per_s": (_c("dynamo_frontend_output_tokens"),),
+        "ttft_seconds": (_h("dynamo_frontend_time_to_first_token_seconds"),),
+        "itl_seconds": (_h("dynamo_frontend_inter_token_latency_seconds"),),
+        "e2e_seconds": (_h("dynamo_frontend_request_duration_seconds"),),
+    }),
+)
+
+
+def detect(sample_names: Iterable[str]) -> list[EngineSpec]:
+    """The engines whose metrics appear among ``sample_names`` (several when an endpoint mixes
+    them, e.g. a Dynamo worker passing vLLM's metrics through), in ENGINES order."""
+    prefixes = {p: spec for spec in ENGINES for p in spec.detect_prefixes}
+    found: set[str] = set()
+    for name in sample_names:
+        for prefix, spec in prefixes.items():
+            if name.startswith(prefix):
+                found.add(spec.name)
+        if len(found) == len(ENGINES):
+            break
+    return [spec for spec in ENGINES if spec.name in found]
+
+
+def model_of(labels: tuple[tuple[str, str], ...]) -> str:
+    """The model a series belongs to: the first of MODEL_LABELS present, else ""."""
+    values = dict(labels)
+    for key in MODEL_LABELS:
+        if key in values:
+            return values[key]
+    return ""
