@@ -86,7 +86,10 @@ class GpuCollectorConfig:
     slow_interval_s: float = opt(5.0, "memory, temperature, energy and per-process sampling interval (seconds)",
                                  min=0.5, max=3600)
     gpm: str = opt("auto", "use NVML GPM: auto (when supported), on, or off", choices=("auto", "on", "off"))
-    dcgm_url: str = opt("", "dcgm-exporter /metrics URL for GPUs without GPM; empty means probe localhost:9400")
+    dcgm_url: str = opt("", "dcgm-exporter /metrics URL for GPUs without GPM; empty means probe "
+                            "http://127.0.0.1:9400/metrics, off means never scrape one")
+    dcgm_interval_s: float = opt(1.0, "dcgm-exporter scrape interval while some GPU lacks GPM (seconds)",
+                                 min=0.1, max=3600)
     events: bool = opt(True, "listen for XID and other critical NVML events")
 
 
@@ -110,12 +113,59 @@ class CollectorsConfig:
 
 
 @dataclass(frozen=True)
+class AnalysisConfig:
+    """Thresholds come from the H100 measurements in DESIGN.md and the labelled recordings in
+    tests/fixtures/h100-scenario*/ (phase means quoted in each doc)."""
+
+    enabled: bool = opt(True, "classify windows and detect gaps, mismatches, saturation and regressions")
+    interval_s: float = opt(5.0, "how often the analysis runs over new data (seconds)", min=0.5, max=3600)
+    lag_s: float = opt(8.0, "analyse up to this long before now, so late stack recordings are in (seconds); "
+                       "keep above collectors.stacks.recording_s + storage.flush_interval_s", min=0, max=3600)
+    busy_sm_pct: float = opt(40.0, "GPM SM utilization at or above which the GPU counts as busy (%). Busy phases "
+                             "measured 52-83, starved ones 2-30 (host, core, launch, stall)", min=0, max=100)
+    idle_sm_pct: float = opt(3.0, "SM utilization below which the GPU does nothing (%); idle measured 0.0", min=0,
+                             max=100)
+    compute_tensor_pct: float = opt(25.0, "a busy GPU is compute_bound when tensor utilization reaches this (%) and "
+                                    "at least half its DRAM bandwidth utilization: bf16 GEMM 93.8, prefill phase "
+                                    "45, decode 6-9", min=0, max=100)
+    memory_dram_pct: float = opt(35.0, "a busy GPU is memory_bound when DRAM bandwidth utilization reaches this (%) "
+                                 "without compute: copy 90, GEMV 90, decode 64-77, prefill 23", min=0, max=100)
+    launch_ratio: float = opt(0.65, "launch_bound when SM util / NVML util falls below this while a serving CPU is "
+                              "saturated: many tiny kernels measured 0.50 (0.0 for 100 empty kernels), host-bound "
+                              "and healthy phases 0.76-0.93", min=0, max=1)
+    launch_min_util_pct: float = opt(10.0, "NVML utilization needed before the launch_ratio test applies (%)",
+                                     min=0, max=100)
+    cpu_busy_pct: float = opt(70.0, "a serving process using at least this much of one core is busy (%): starving "
+                              "processes measured 100, a stalled engine 12, an idle one 3", min=1, max=10000)
+    gap_min_s: float = opt(3.0, "a CPU-GPU gap lasts at least this long to become an event (seconds)", min=1)
+    gap_merge_s: float = opt(2.0, "gaps of one class separated by at most this much merge (seconds)", min=0)
+    top_frames: int = opt(5, "frames named in each event's attribution (count)", min=1, max=50)
+    mismatch_min_s: float = opt(5.0, "a utilization-versus-throughput mismatch lasts this long (seconds)", min=1)
+    mismatch_work_rise: float = opt(1.5, "some GPU activity (SM, tensor or DRAM %) per token at least this multiple of "
+                                    "its baseline: a neighbour's GEMMs raised tensor per token 9x (6% -> 57% at the "
+                                    "same 16k tokens/s); healthy vs memory-bound decode differ by 0.65-1.05x", min=1)
+    mismatch_latency_rise: float = opt(1.5, "or per-request time per token (running / tokens/s) at least this multiple "
+                                       "of the baseline: the neighbour raised it 2.4x (1.4 -> 3.4 ms)", min=1)
+    baseline_s: float = opt(900.0, "trailing window the mismatch and saturation baselines come from (seconds)",
+                            min=10)
+    saturation_min_s: float = opt(10.0, "busy-and-queue-growing must last this long to report saturation (seconds)",
+                                  min=2)
+    regression_window_s: float = opt(900.0, "length of the periods compared for regressions (seconds)", min=60)
+    regression_baseline: str = opt("previous", "baseline for regressions: previous (the window before) or "
+                                   "yesterday (same time one day earlier)", choices=("previous", "yesterday"))
+    regression_ratio: float = opt(1.3, "a latency or throughput change at least this ratio is a regression", min=1)
+    model_weight_bytes: float = opt(0.0, "bytes of model weights read per decode step, for model bandwidth "
+                                    "utilization; 0 means unknown", min=0)
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     web: WebConfig = field(default_factory=WebConfig)
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
     @property
     def host(self) -> str:

@@ -38,6 +38,14 @@ def upsert_events(con, events: list[Event]) -> int:
     return len(latest)
 
 
+def delete_events(con, ids: list[str]) -> int:
+    """Remove events by id (an open finding that later data re-segmented away)."""
+    if not ids:
+        return 0
+    con.execute("DELETE FROM events WHERE id IN (SELECT unnest(?))", [list(ids)])
+    return len(ids)
+
+
 def replace_windows(con, gpu: int, t_from: float, t_to: float, windows: list[Window]) -> int:
     """Replace the stored windows of ``gpu`` that start in [t_from, t_to) with ``windows``."""
     con.execute("BEGIN TRANSACTION")

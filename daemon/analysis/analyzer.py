@@ -1,0 +1,236 @@
+"""The analysis loop: classify each new second of every GPU and turn runs into events.
+
+Runs every ``analysis.interval_s`` over [last analysed second, now - lag_s): the lag lets
+late data (py-spy writes a recording only when it ends) arrive first. Work happens on a
+worker thread (reads through the store's reader cursors, writes through the writer thread)
+so the event loop stays free. State between ticks (open runs, baselines) lives here, so a
+gap that spans ticks is one event, updated while open and closed when it ends. Replay
+drives the same object with the recording's clock.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ...storage import analysis as q
+from ...storage import events as q_events
+from ...storage.store import Store
+from ..config import Config
+from ..logfmt import kv
+from ..model import Event, Window
+from . import attribution
+from .classify import GAP_CLASSES, Second, classify
+from .detectors import MismatchDetector, SaturationDetector, mbu_features
+from .regression import RegressionDetector
+from .runs import RunTracker, Segment
+from .seconds import build_seconds, serving_pids
+
+log = logging.getLogger("infersight.analysis")
+
+MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart after a long stop)
+KEEP_SECONDS_S = 3 * 3600    # per-second features kept in memory for open events' evidence
+
+
+@dataclass
+class GpuState:
+    gaps: RunTracker
+    mismatch: MismatchDetector
+    saturation: SaturationDetector
+    seconds: dict[int, Second] = field(default_factory=dict)
+    classes: dict[int, str] = field(default_factory=dict)
+
+
+class Analyzer:
+    """A daemon component (``name``, ``interval_s``, ``tick``) and the replay engine."""
+
+    name = "analysis"
+
+    def __init__(self, config: Config, store: Store, *, rate_hz: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = config.analysis
+        self.host = config.host
+        self.store = store
+        self.clock = clock
+        self.rate_hz = float(rate_hz or config.collectors.stacks.rate_hz)
+        self.interval_s = self.cfg.interval_s
+        self.done_until: int | None = None
+        self.gpus: dict[int, GpuState] = {}
+        self.regression = RegressionDetector(self.cfg)
+        self.ticks = 0
+        self.last_error: str | None = None
+        self.events_written = 0
+        self.windows_written = 0
+        self.on_events: list[Callable[[list[Event]], Any]] = []
+        self._open_ids: set[str] = set()
+
+    # -- daemon component ---------------------------------------------------------------------
+    async def tick(self) -> None:
+        try:
+            events = await asyncio.to_thread(self.step, self.clock())
+        except Exception as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            log.error("event=analysis_failed error=%s", kv(self.last_error), exc_info=exc)
+            return
+        for callback in self.on_events:
+            res = callback(events)
+            if asyncio.iscoroutine(res):
+                await res
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": self.last_error is None, "last_error": self.last_error, "analysed_until": self.done_until,
+                "ticks": self.ticks, "events_written": self.events_written, "windows_written": self.windows_written}
+
+    # -- the work -------------------------------------------------------------------------------
+    def step(self, now: float) -> list[Event]:
+        """Analyse every whole second up to ``now - lag_s`` not analysed yet; returns events written."""
+        t_to = int(now - self.cfg.lag_s)
+        if self.done_until is None:
+            first = self.store.read_sync(q.first_gpu_second)
+            if first is None:
+                return []
+            self.done_until = max(int(first), t_to - MAX_CATCH_UP_S)
+        t_from = max(self.done_until, t_to - MAX_CATCH_UP_S)
+        if t_to <= t_from:
+            return []
+        events = self.analyse(t_from, t_to)
+        self.done_until = t_to
+        self.ticks += 1
+        self.last_error = None
+        return events
+
+    def analyse(self, t_from: int, t_to: int) -> list[Event]:
+        events: list[Event] = []
+        gpus = self.store.read_sync(q.gpus_with_samples, t_from, t_to)
+        targets = self.store.read_sync(q.targets)
+        for gpu in gpus:
+            events += self._analyse_gpu(gpu, t_from, t_to, targets)
+        events += self.regression.check(self.store, self.host, t_to)
+        # an open finding that later seconds re-segmented (a transition second joined the next
+        # phase) is replaced by the new segmentation: drop the old one
+        emitted = {e.id for e in events}
+        superseded = sorted(self._open_ids - emitted)
+        self._open_ids = {e.id for e in events if e.open}
+        if superseded:
+            self.store.write_sync(q_events.delete_events, superseded)
+        if events:
+            self.store.write_sync(q_events.upsert_events, events)
+            self.events_written += len(events)
+        return events
+
+    def _state(self, gpu: int) -> GpuState:
+        st = self.gpus.get(gpu)
+        if st is None:
+            st = self.gpus[gpu] = GpuState(
+                gaps=RunTracker(GAP_CLASSES, self.cfg.gap_merge_s, self.cfg.gap_min_s),
+                mismatch=MismatchDetector(self.cfg), saturation=SaturationDetector(self.cfg))
+        return st
+
+    def _analyse_gpu(self, gpu: int, t_from: int, t_to: int, targets: list[dict]) -> list[Event]:
+        st = self._state(gpu)
+        seconds = self.store.read_sync(build_seconds, gpu, t_from, t_to, self.cfg)
+        peak_bw = self.store.read_sync(q.peak_dram_bandwidth, gpu)
+        windows = []
+        finished: list[Segment] = []
+        for s in seconds:
+            klass, features = classify(s, self.cfg, self.rate_hz)
+            features.update(mbu_features(s, peak_bw, self.cfg.model_weight_bytes))
+            if klass in GAP_CLASSES and s.in_flight is False and klass != "stall":
+                feed_class = "none"  # a busy process with no work in flight is not starving the GPU
+            else:
+                feed_class = klass
+            culprit = None
+            if feed_class in ("host_bound", "launch_bound") and features.get("busiest_pid") is not None:
+                busiest = next(p for p in s.processes if p.pid == features["busiest_pid"])
+                culprit = f"{busiest.pid}:{busiest.top_leaf}"
+            finished += st.gaps.feed(s.t, feed_class, culprit)
+            st.seconds[s.t] = s
+            st.classes[s.t] = klass
+            st.mismatch.feed(s, klass)
+            st.saturation.feed(s, klass)
+            windows.append(Window(start=float(s.t), end=float(s.t + 1), gpu=gpu, klass=klass, features=features))
+        finished += st.gaps.flush_until(t_to)
+        self.store.write_sync(q_events.replace_windows, gpu, float(t_from), float(t_to), windows)
+        self.windows_written += len(windows)
+        serving = serving_pids(targets, gpu)
+        events = [self._gap_event(gpu, seg, st, serving, open_=False) for seg in finished]
+        events += [self._gap_event(gpu, seg, st, serving, open_=True) for seg in st.gaps.open_segments()]
+        foreign = self._foreign(gpu, targets, t_from, t_to, serving)
+        events += st.mismatch.events(self.host, gpu, foreign)
+        events += st.saturation.events(self.host, gpu)
+        for t in [t for t in st.seconds if t < t_to - KEEP_SECONDS_S]:
+            st.seconds.pop(t, None)
+            st.classes.pop(t, None)
+        return events
+
+    def _foreign(self, gpu: int, targets: list[dict], t_from: int, t_to: int, serving: dict[int, str]) -> list[dict]:
+        """Processes on the GPU that are not the engine's (NVML), with their SM share where known."""
+        seen = self.store.read_sync(q.gpu_processes, gpu, t_from, t_to)
+        roles = {int(t["pid"]): t["role"] for t in targets}
+        out = []
+        for pid, info in seen.items():
+            if pid not in serving:
+                out.append({"pid": pid, "role": roles.get(pid, "unknown"), "sm_util": info["sm_util"],
+                            "used_memory_bytes": info["used_memory_bytes"]})
+        for t in targets:
+            if t["role"] == "other_gpu_process" and int(t["pid"]) not in seen and gpu in (t["gpus"] or [gpu]):
+                out.append({"pid": int(t["pid"]), "role": t["role"], "sm_util": None, "used_memory_bytes": None})
+        return out
+
+    def _gap_event(self, gpu: int, seg: Segment, st: GpuState, serving: dict[int, str], open_: bool) -> Event:
+        secs = [st.seconds[t] for t in seg.seconds if t in st.seconds]
+        sm = [s.sm_util if s.sm_util is not None else (s.util_gpu or 0.0) for s in secs]
+        lost = sum(max(0.0, 1.0 - v / 100.0) for v in sm)
+        running = _mean([s.running for s in secs])
+        waiting = _mean([s.waiting for s in secs])
+        tokens = _mean([s.gen_tokens_s for s in secs])
+        # a stall is time spent waiting: its waits (idle samples where recorded) are the evidence
+        frames = attribution.top_frames(self.store, seg.start, seg.end, serving, self.cfg.top_frames,
+                                        active=None if seg.klass == "stall" else True)
+        busiest = {}
+        for s in secs:
+            for p in s.processes:
+                own = p.own_cpu_pct(self.rate_hz)
+                if own is not None:
+                    busiest.setdefault((p.pid, p.role), []).append(own)
+        cpu = {f"{pid}": round(sum(v) / len(v), 1) for (pid, _), v in busiest.items()}
+        idle_pct = 100.0 * lost / max(1, len(secs))
+        in_flight = (running or 0) + (waiting or 0)
+        top = frames[0] if frames else None
+        summary = (f"GPU {gpu} {seg.klass.replace('_', '-')}: {idle_pct:.0f}% idle for {_duration(seg.duration)}"
+                   + (f" while {in_flight:.0f} requests were in flight" if in_flight >= 1 else
+                      f" while {tokens:.0f} tokens/s flowed" if tokens else "")
+                   + (f"; top frame {top['frame']} {top['share'] * 100:.0f}% ({top['role']} pid {top['pid']})"
+                      if top else ""))
+        evidence = {
+            "duration_s": seg.duration, "lost_gpu_s": round(lost, 2), "gpu_idle_pct": round(idle_pct, 1),
+            "sm_util_mean": _round(_mean([s.sm_util for s in secs])),
+            "util_gpu_mean": _round(_mean([s.util_gpu for s in secs])),
+            "requests_running_mean": _round(running), "requests_waiting_mean": _round(waiting),
+            "generation_tokens_per_s_mean": _round(tokens), "own_cpu_pct_by_pid": cpu,
+            "class_seconds": {seg.klass: len(seg.seconds)},
+        }
+        severity = "critical" if seg.duration >= 60 and idle_pct >= 50 else "warning"
+        return Event(id=f"cpu_gpu_gap:{self.host}:{gpu}:{seg.start}", kind="cpu_gpu_gap", start=float(seg.start),
+                     end=float(seg.end), host=self.host, gpu=gpu, severity=severity, klass=seg.klass,
+                     summary=summary, evidence=evidence, top_frames=frames, open=open_)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _round(v: float | None, digits: int = 2) -> float | None:
+    return None if v is None else round(v, digits)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"

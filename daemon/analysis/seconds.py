@@ -1,0 +1,67 @@
+"""Builds the per-second inputs of the classifier for one GPU from the store.
+
+Which processes serve a GPU: every target that is not a known foreign GPU process and
+either holds a context on that GPU or holds none (an API server that never touches the GPU
+still feeds it). On a host with several engines this over-attributes API servers to every
+GPU; targets' GPU lists keep engine processes apart.
+"""
+from __future__ import annotations
+
+from ...storage import analysis as q
+from ..config import AnalysisConfig
+from .classify import ProcessSecond, Second
+
+FOREIGN_ROLES = ("other_gpu_process", "foreign")
+
+# ``file:function`` of frames where a thread waits for the GPU (library code, stable names)
+GPU_WAIT_PATTERNS = (
+    r"torch/cuda/__init__\.py:synchronize$",
+    r"torch/cuda/streams\.py:(Stream|Event)\.(synchronize|wait)",
+    r"torch/cuda/(streams|__init__)\.py:.*synchronize$",
+    r"cupy/.*:.*[sS]ynchronize$",
+    r"jax/.*:block_until_ready$",
+)
+
+
+def serving_pids(targets: list[dict], gpu: int) -> dict[int, str]:
+    """pid -> role of the processes that serve ``gpu`` (see module docstring)."""
+    out = {}
+    for t in targets:
+        if t["role"] in FOREIGN_ROLES:
+            continue
+        gpus = t["gpus"] or []
+        if not gpus or gpu in gpus:
+            out[int(t["pid"])] = t["role"]
+    return out
+
+
+def build_seconds(cur, gpu: int, t_from: int, t_to: int, cfg: AnalysisConfig) -> list[Second]:
+    """One Second per Unix second in [t_from, t_to) that has GPU samples."""
+    gpu_rows = q.gpu_seconds(cur, gpu, t_from, t_to)
+    if not gpu_rows:
+        return []
+    engine = q.engine_seconds(cur, t_from, t_to)
+    cpu = q.process_cpu_seconds(cur, t_from, t_to)
+    waits = q.wait_frame_ids(cur, GPU_WAIT_PATTERNS)
+    stacks = q.stack_seconds(cur, t_from, t_to, waits)
+    serving = serving_pids(q.targets(cur), gpu)
+    out = []
+    for t in sorted(gpu_rows):
+        g = gpu_rows[t]
+        e = engine.get(t, {})
+        procs = []
+        for pid, role in serving.items():
+            st = stacks.get(t, {}).get(pid)
+            c = cpu.get(t, {}).get(pid)
+            if st is None and c is None:
+                continue
+            procs.append(ProcessSecond(pid=pid, role=role, cpu_pct=c,
+                                       active=st["active"] if st else 0, gpu_wait=st["gpu_wait"] if st else 0,
+                                       idle=st["idle"] if st else 0, top_leaf=st["top_leaf"] if st else None))
+        out.append(Second(
+            t=t, gpu=gpu, util_gpu=g["util_gpu"], sm_util=g["sm_util"], sm_occupancy=g["sm_occupancy"],
+            tensor_util=g["tensor_util"], dram_bw_util=g["dram_bw_util"],
+            running=e.get("requests_running"), waiting=e.get("requests_waiting"),
+            gen_tokens_s=e.get("generation_tokens_per_s"), prompt_tokens_s=e.get("prompt_tokens_per_s"),
+            processes=procs))
+    return out
