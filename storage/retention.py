@@ -8,7 +8,8 @@ Run on the writer thread via ``Store.write(run_maintenance, policy, now)``:
 3. size: while the data in use exceeds ``max_bytes``, the oldest hour is deleted.
 
 DuckDB reuses the blocks freed by deletes, so the file stops growing at about the bound
-instead of shrinking; "size" here is the used blocks (``pragma_database_size``).
+instead of shrinking; "size" here is the used blocks (``pragma_database_size``) scaled by
+the share of stored rows not yet deleted (blocks are freed a whole row group at a time).
 """
 from __future__ import annotations
 
@@ -58,7 +59,8 @@ def run_maintenance(con, policy: RetentionPolicy, now: float) -> dict[str, int]:
     report["deleted_by_age"] = delete_before(con, now - policy.retention_s)
     report["deleted_by_size"] = 0
     for _ in range(10_000):  # bounded: one hour per step
-        if used_bytes(con) <= policy.max_bytes:
+        used = used_bytes(con)
+        if used <= policy.max_bytes or used * live_fraction(con) <= policy.max_bytes:
             break
         oldest = _oldest(con)
         if oldest is None:
@@ -69,6 +71,21 @@ def run_maintenance(con, policy: RetentionPolicy, now: float) -> dict[str, int]:
         if deleted == 0:
             break
     return report
+
+
+def live_fraction(con) -> float:
+    """Share of the rows stored in the time tables that are not deleted (1.0 when empty).
+
+    DuckDB frees a row group's blocks only once all of its rows are deleted (or a checkpoint
+    can merge row groups), so deleted rows keep using blocks for a while: judging by used
+    blocks alone would delete hour after hour, up to everything, before any space shows up.
+    """
+    stored = live = 0
+    for table in TIME_TABLES:
+        stored += con.execute(f"SELECT coalesce(sum(count), 0) FROM pragma_storage_info('{table}') "
+                              "WHERE column_id = 0 AND segment_type = 'VALIDITY'").fetchone()[0]
+        live += con.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    return min(1.0, live / stored) if stored else 1.0
 
 
 def _oldest(con) -> float | None:
