@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--json", action="store_true", help="print window and event JSON lines")
     replay.add_argument("--config", help="config file (analysis thresholds)")
 
+    serve = sub.add_parser("serve", help="the UI and API over a stored database, read-only (no collectors)")
+    _common(serve)
+    serve.add_argument("--db", required=True, help="DuckDB file, e.g. from `infersight replay DIR --db FILE`")
+    serve.add_argument("--listen", help="HOST:PORT (overrides web.listen)")
+
     demo = sub.add_parser("demo", help="the agent plus a simulated inference engine, on a temporary DB")
     demo.add_argument("--listen", default="127.0.0.1:8321", help="HOST:PORT of the UI (default %(default)s)")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
@@ -94,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
             config = load_config(args.config)
             setup_logging("warning")
             return replay_main(args.dir, db=args.db, as_json=args.json, config=config)
+        if args.command == "serve":
+            from .serve import serve
+
+            config = config_from_args(args)
+            return asyncio.run(serve(config, args.db))
         if args.command == "demo":
             from .demo import main as demo_main
 

@@ -1,0 +1,48 @@
+"""``infersight serve --db FILE``: the UI and API over a stored database, read-only.
+
+For looking at a replayed recording or a copy of a host's file without running collectors.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from aiohttp import web
+
+from ..storage.store import Store, StoreError
+from .config import Config
+from .runtime import split_listen
+
+
+async def serve(config: Config, db: str, ready: asyncio.Event | None = None,
+                stop: asyncio.Event | None = None) -> int:
+    try:
+        store = Store.open(db, read_only=True)
+    except StoreError as exc:
+        print(f"infersight: serve: {exc}", file=sys.stderr)
+        return 1
+    from ..web.app import create_app
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    runner = web.AppRunner(create_app(config, store), access_log=None)
+    await runner.setup()
+    host, port = split_listen(config.web.listen)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound = runner.addresses[0]
+        print(f"infersight: serving {db} read-only at http://{bound[0]}:{bound[1]}/", file=sys.stderr, flush=True)
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        store.close()
+    return 0
