@@ -97,7 +97,7 @@ class Daemon:
                                   id=f"collector:{c.name}", max_instances=1, coalesce=True,
                                   misfire_grace_time=max(1, int(c.interval_s * 2)),
                                   next_run_time=_now_dt())
-            for factory in self._component_factories:
+            for factory in default_components(cfg) + self._component_factories:
                 component = factory(self)
                 if component is not None:
                     agent.extras[component.name] = component
@@ -174,6 +174,21 @@ class Daemon:
         # only pet the watchdog while the writer thread lives: a dead writer should restart us
         if store.writer_alive:
             self.notifier.watchdog()
+
+
+def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:
+    """Components every daemon runs: analysis (when enabled). Each factory gets the daemon
+    and returns an object with ``name`` and optionally ``interval_s``+``tick``, ``start``,
+    ``close`` and ``health``; its health shows under its name in /api/health."""
+    factories: list[Callable[[Daemon], Any]] = []
+    if config.analysis.enabled:
+        def analysis(daemon: "Daemon"):
+            from .analysis.analyzer import Analyzer
+
+            return Analyzer(daemon.config, daemon.agent.store)
+
+        factories.append(analysis)
+    return factories
 
 
 async def _bounded(coro, deadline: float) -> None:
