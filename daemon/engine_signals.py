@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from . import engine_histograms as eh
-from .engine_specs import BREAKDOWN_LABELS, COUNTER, GAUGE, HISTOGRAM, REPLICA_LABELS, EngineSpec, Source, detect, model_of
+from .engine_specs import BREAKDOWN_LABELS, COUNTER, GAUGE, REPLICA_LABELS, EngineSpec, Source, detect, model_of
 from .model import EngineSample, HistogramDelta
 from .promtext import Exposition, Sample
 

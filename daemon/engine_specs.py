@@ -25,9 +25,11 @@ from typing import Iterable
 
 # Labels that name the model, in order of preference.
 MODEL_LABELS = ("model_name", "model", "served_model_name")
-# Labels along which an engine repeats the same figure (tensor/pipeline ranks of one scheduler,
-# the reporting process): series differing only in these are one series, not several.
-REPLICA_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank", "attn_tp_rank", "pid"})
+# Labels along which an engine repeats the same figure (the tensor/pipeline/expert ranks of one
+# scheduler, e.g. SGLang's): series differing only in these are one series, not several. Any
+# other label (vLLM's data-parallel "engine", SGLang's "dp_rank", a "pid") separates series
+# that add up.
+REPLICA_LABELS = frozenset({"tp_rank", "pp_rank", "moe_ep_rank", "attn_tp_rank"})
 # Labels that split a total into parts: when some series lack them (the total), the parts are
 # dropped so they are not counted twice.
 BREAKDOWN_LABELS = ("priority",)

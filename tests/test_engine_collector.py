@@ -128,7 +128,7 @@ async def test_broken_endpoints_leave_the_agent_healthy_and_say_why():
     gone = await serve({"/metrics": text_handler(VLLM_TEXT)})
     urls = {name: str(server.make_url("/" + name)) for name in ("metrics", "hang", "err", "html", "plainhtml")}
     urls["gone"] = str(gone.make_url("/metrics"))
-    collector = EngineCollector(config(*urls.values(), timeout_s=0.2), "host")
+    collector = EngineCollector(config(*urls.values(), timeout_s=0.5), "host")
     await collector.start()
     try:
         first = await collector.collect(0.0)
@@ -142,7 +142,7 @@ async def test_broken_endpoints_leave_the_agent_healthy_and_say_why():
     for b in batches:   # the good endpoint produced records in every run
         assert {s.signal for s in b.engine_samples} >= {"requests_running", "kv_cache_usage"}
     assert status[urls["metrics"]]["ok"] and status[urls["metrics"]]["last_error"] is None
-    assert status[urls["hang"]]["last_error"] == "timed out after 0.2 s"
+    assert status[urls["hang"]]["last_error"] == "timed out after 0.5 s"
     assert status[urls["err"]]["last_error"] == "HTTP 500 Internal Server Error"
     assert status[urls["html"]]["last_error"] == "not Prometheus text (got text/html)"
     assert status[urls["plainhtml"]]["last_error"] == "not Prometheus text (no readable sample in 3 lines)"
@@ -154,6 +154,40 @@ async def test_broken_endpoints_leave_the_agent_healthy_and_say_why():
     # Backoff: failing runs 1, 2, 4 and 8 of 8 (waits of 0, 1, 3 runs).
     assert hits.count("/err") == 4 and status[urls["err"]]["consecutive_failures"] == 4
     assert status[urls["err"]]["retry_in_runs"] == 7
+
+
+async def test_redirect_to_metrics_slash_is_followed():
+    async def redirect(request):
+        raise web.HTTPTemporaryRedirect("/metrics/")
+
+    server = await serve({"/metrics": redirect, "/metrics/": text_handler(VLLM_TEXT)})
+    collector = EngineCollector(config(str(server.make_url("/metrics"))), "host")
+    try:
+        batch = await collector.collect(0.0)
+    finally:
+        await collector.close()
+        await server.close()
+    assert not batch.errors and {s.engine for s in batch.engine_samples} == {"vllm"}
+
+
+async def test_oversized_scrape_is_refused():
+    async def huge(request):
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        await response.prepare(request)
+        line = b'vllm:num_requests_running{model_name="m"} 1\n' * 1000
+        for _ in range(400):   # about 43 MB, more than the 16 MiB allowed
+            await response.write(line)
+        return response
+
+    server = await serve({"/metrics": huge})
+    collector = EngineCollector(config(str(server.make_url("/metrics")), interval_s=10.0, timeout_s=5.0), "host")
+    try:
+        batch = await collector.collect(0.0)
+        [status] = collector.endpoint_status()
+    finally:
+        await collector.close()
+        await server.close()
+    assert status["last_error"] == "response larger than 16 MiB" and not batch.raw_series
 
 
 async def test_no_endpoints_is_no_data_not_an_error():

@@ -33,7 +33,9 @@ def listening_endpoints(pids: Iterable[int]) -> list[tuple[int, float, int, str]
         try:
             proc = psutil.Process(pid)
             ctime = proc.create_time()
-            conns = proc.net_connections(kind="tcp")
+            # psutil >= 6 names it net_connections; 5.9 (the oldest we accept) connections.
+            reader = getattr(proc, "net_connections", None) or proc.connections
+            conns = reader(kind="tcp")
         except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
             continue
         ports: dict[int, str] = {}

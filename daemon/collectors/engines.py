@@ -224,7 +224,8 @@ class EngineCollector:
         """GET ``url``; returns (Unix time the response began, body text) or raises ScrapeError."""
         assert self._session is not None
         try:
-            async with self._session.get(url, allow_redirects=False) as resp:
+            # Redirects are followed: FastAPI mounts (older vLLM) answer /metrics with 307 -> /metrics/.
+            async with self._session.get(url) as resp:
                 t = self._clock()
                 if resp.status != 200:
                     raise ScrapeError(f"HTTP {resp.status}" + (f" {resp.reason}" if resp.reason else ""))
@@ -236,7 +237,10 @@ class EngineCollector:
                     body += chunk
                     if len(body) > MAX_BODY_BYTES:
                         raise ScrapeError(f"response larger than {MAX_BODY_BYTES >> 20} MiB")
-                return t, body.decode(resp.charset or "utf-8", errors="replace")
+                try:
+                    return t, body.decode(resp.charset or "utf-8", errors="replace")
+                except LookupError:  # a charset Python does not know: read it as UTF-8
+                    return t, body.decode("utf-8", errors="replace")
         except ScrapeError:
             raise
         except Exception as exc:
