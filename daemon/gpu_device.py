@@ -13,8 +13,9 @@ id is stable across restarts and the same whether NVML or dcgm-exporter reports 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .model import GpuInfo, GpuProcessSample
 from .nvml_api import (
@@ -29,6 +30,7 @@ from .nvml_api import (
 MIB = 2 ** 20
 MIG_ID_BASE = 100
 GPM_MIN_GAP_S = 0.1   # NVML needs >= 100 ms between the two GPM samples of a metric
+GPM_MAX_WAIT_S = 0.02  # a tick up to this early waits for the gap instead of losing its GPM figures
 
 # (signal, GPM metric id, factor to the signal's unit)
 GPM_METRICS: tuple[tuple[str, int, float], ...] = (
@@ -231,25 +233,28 @@ def close_device(nvml: Any, dev: Device) -> None:
     stop_gpm(nvml, dev)
 
 
-def read_fast(nvml: Any, dev: Device, problems: Problems, now_mono: float) -> dict[str, float | None]:
-    """Utilization, power, SM clock, clock event reasons, GPM and link rates of one tick."""
+def read_fast(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], float]) -> dict[str, float | None]:
+    """Utilization, power, SM clock, clock event reasons, GPM and link rates of one tick.
+
+    ``clock`` is monotonic seconds, read at the moment of each rate or GPM reading.
+    """
     v: dict[str, float | None] = {}
     h, gpu = dev.handle, dev.gpu
     if not dev.is_mig_instance:   # MIG instances have none of these: they belong to the parent
         util = probe(nvml.utilization, problems, gpu, "utilization", h)
         if util is not None:
             v["util_gpu"], v["util_mem"] = util
-        _read_fast_fields(nvml, dev, problems, now_mono, v)
+        _read_fast_fields(nvml, dev, problems, clock, v)
         if "power_w" not in v:
             v["power_w"] = probe(nvml.power_usage_w, problems, gpu, "power usage", h)
         v["sm_clock_mhz"] = probe(nvml.sm_clock_mhz, problems, gpu, "SM clock", h)
         v["clocks_event_reasons"] = probe(nvml.clocks_event_reasons, problems, gpu, "clock event reasons", h)
     if dev.gpm:
-        v.update(_read_gpm(nvml, dev, problems, now_mono))
+        v.update(_read_gpm(nvml, dev, problems, clock))
     return {k: x for k, x in v.items() if x is not None}
 
 
-def _read_fast_fields(nvml: Any, dev: Device, problems: Problems, now_mono: float, v: dict) -> None:
+def _read_fast_fields(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], float], v: dict) -> None:
     from_gpm = {s for s, _, _ in dev.gpm_signals} if dev.gpm else set()
     wanted = [("power_w", FI_POWER_INSTANT, 0, 0.001)] + [
         (sig, fid, scope, unit) for sig, (fid, scope, unit) in COUNTER_FIELDS.items() if sig not in from_gpm]
@@ -257,6 +262,7 @@ def _read_fast_fields(nvml: Any, dev: Device, problems: Problems, now_mono: floa
     if not wanted:
         return
     got = probe(nvml.field_values, problems, dev.gpu, "field values", dev.handle, [(f, s) for _, f, s, _ in wanted])
+    now_mono = clock()
     for (sig, _fid, _scope, unit), value in zip(wanted, got or ()):
         if isinstance(value, NvmlError):
             if isinstance(value, (GpuLost, NvmlUnavailable)):
@@ -278,9 +284,15 @@ def _rate(dev: Device, signal: str, total: float, now_mono: float) -> float | No
     return (total - prev[0]) / (now_mono - prev[1])
 
 
-def _read_gpm(nvml: Any, dev: Device, problems: Problems, now_mono: float) -> dict[str, float]:
-    if dev.gpm_at is not None and now_mono - dev.gpm_at < GPM_MIN_GAP_S:
-        return {}  # too soon after the last sample: NVML cannot give metrics over < 100 ms
+def _read_gpm(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], float]) -> dict[str, float]:
+    now_mono = clock()
+    if dev.gpm_at is not None:
+        wait = GPM_MIN_GAP_S - (now_mono - dev.gpm_at)
+        if wait > GPM_MAX_WAIT_S:
+            return {}  # far too soon: NVML cannot give metrics over less than 100 ms
+        if wait > 0:
+            time.sleep(wait)  # scheduler jitter; costs no CPU
+            now_mono = max(clock(), dev.gpm_at + GPM_MIN_GAP_S)
     try:
         if dev.is_mig_instance:
             nvml.gpm_mig_sample(dev.parent.handle, dev.gpu_instance, dev.gpm_older)
