@@ -18,4 +18,8 @@ def build_collectors(config: Config) -> list[Collector]:
     if config.collectors.host.enabled:
         collectors.append(HostCollector(config.collectors.host, host,
                                         lambda: explicit_targets(config.targets.pids, host)))
+    if config.collectors.engines.enabled:
+        from .engines import EngineCollector
+
+        collectors.append(EngineCollector(config.collectors.engines, host))
     return collectors
