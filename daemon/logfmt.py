@@ -22,7 +22,7 @@ class KeyValueFormatter(logging.Formatter):
 
 
 def setup_logging(level: str = "info") -> None:
-    """Route the ``infersight`` loggers to stderr as key=value lines (idempotent)."""
+    """Route the ``infersight`` and ``apscheduler`` loggers to stderr as key=value lines (idempotent)."""
     root = logging.getLogger("infersight")
     root.setLevel(level.upper())
     for h in list(root.handlers):
@@ -33,6 +33,14 @@ def setup_logging(level: str = "info") -> None:
     handler._infersight = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.propagate = False
+    # APScheduler logs a failed job with a traceback; keep it one line in the same format
+    sched = logging.getLogger("apscheduler")
+    for h in list(sched.handlers):
+        if getattr(h, "_infersight", False):
+            sched.removeHandler(h)
+    sched.addHandler(handler)
+    sched.setLevel(logging.WARNING)
+    sched.propagate = False
 
 
 def kv(value: object) -> str:

@@ -29,6 +29,7 @@ from .sdnotify import Notifier
 log = logging.getLogger("infersight.runtime")
 
 SHUTDOWN_BUDGET_S = 4.0  # stop within systemd's and the issue's 5 s
+RUNS_IN_FLIGHT_S = 1.0   # part of that budget given to collector runs already started
 
 
 @dataclass
@@ -58,6 +59,8 @@ class Daemon:
         self.agent: Agent | None = None
         self.site_url: str | None = None
         self.ready = asyncio.Event()
+        self._stopping = False
+        self._inflight: set[asyncio.Task] = set()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -93,7 +96,7 @@ class Daemon:
                 else:
                     started.append(c)
             for c in started:
-                scheduler.add_job(runner.run_once, "interval", args=[c.name], seconds=c.interval_s,
+                scheduler.add_job(self._guarded, "interval", args=[runner.run_once, c.name], seconds=c.interval_s,
                                   id=f"collector:{c.name}", max_instances=1, coalesce=True,
                                   misfire_grace_time=max(1, int(c.interval_s * 2)),
                                   next_run_time=_now_dt())
@@ -104,16 +107,16 @@ class Daemon:
                     if hasattr(component, "start"):
                         await component.start()
                     if getattr(component, "interval_s", None):
-                        scheduler.add_job(component.tick, "interval", seconds=component.interval_s,
+                        scheduler.add_job(self._guarded, "interval", args=[component.tick], seconds=component.interval_s,
                                           id=f"component:{component.name}", max_instances=1, coalesce=True)
             policy = retention.RetentionPolicy(
                 retention_s=cfg.storage.retention_hours * 3600, max_bytes=cfg.storage.max_size_mb * 2**20,
                 rollup_after_s=cfg.storage.rollup_after_hours * 3600, rollup_bucket_s=cfg.storage.rollup_bucket_s)
-            scheduler.add_job(self._maintenance, "interval", args=[store, policy],
+            scheduler.add_job(self._guarded, "interval", args=[self._maintenance, store, policy],
                               seconds=cfg.storage.maintenance_interval_s, id="maintenance", max_instances=1,
                               coalesce=True)
             if self.notifier.watchdog_interval_s:
-                scheduler.add_job(self._watchdog, "interval", args=[store],
+                scheduler.add_job(self._guarded, "interval", args=[self._watchdog, store],
                                   seconds=self.notifier.watchdog_interval_s, id="watchdog")
             scheduler.start()
             runner_site = await self._start_web(agent)
@@ -142,8 +145,13 @@ class Daemon:
 
     async def _shutdown(self, scheduler, collectors, app_runner, store: Store) -> None:
         self.notifier.stopping()
+        self._stopping = True
         deadline = time.monotonic() + SHUTDOWN_BUDGET_S
         if scheduler.running:
+            scheduler.pause()
+            # let runs in flight finish (their batches get flushed); cancel what is left
+            if self._inflight:
+                await asyncio.wait(set(self._inflight), timeout=RUNS_IN_FLIGHT_S)
             scheduler.shutdown(wait=False)
         if app_runner is not None:
             await _bounded(app_runner.cleanup(), deadline)
@@ -161,6 +169,20 @@ class Daemon:
                     log.warning("event=component_close_failed component=%s error=%s", component.name, kv(exc))
         await asyncio.to_thread(store.close)
         log.info("event=stopped")
+
+    async def _guarded(self, fn, *args) -> None:
+        """Every scheduled job runs through here. A run cancelled by the shutdown ends quietly:
+        APScheduler would log the CancelledError as a job failure with a multi-line traceback."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await fn(*args)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+        finally:
+            self._inflight.discard(task)
 
     async def _maintenance(self, store: Store, policy: retention.RetentionPolicy) -> None:
         try:
