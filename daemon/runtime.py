@@ -115,12 +115,12 @@ class Daemon:
             scheduler.add_job(self._guarded, "interval", args=[self._maintenance, store, policy],
                               seconds=cfg.storage.maintenance_interval_s, id="maintenance", max_instances=1,
                               coalesce=True)
-            if self.notifier.watchdog_interval_s:
-                scheduler.add_job(self._guarded, "interval", args=[self._watchdog, store],
-                                  seconds=self.notifier.watchdog_interval_s, id="watchdog")
             scheduler.start()
             runner_site = await self._start_web(agent)
             self.notifier.ready()
+            if self.notifier.watchdog_interval_s:  # after READY=1, as systemd expects
+                scheduler.add_job(self._guarded, "interval", args=[self._watchdog, store],
+                                  seconds=self.notifier.watchdog_interval_s, id="watchdog")
             log.info("event=started listen=%s db=%s collectors=%s", self.site_url, kv(cfg.storage.path),
                      ",".join(c.name for c in started))
             self.ready.set()
