@@ -133,7 +133,9 @@ class AnalysisConfig:
     launch_ratio: float = opt(0.65, "launch_bound when SM util / NVML util falls below this while a serving CPU is "
                               "saturated: many tiny kernels measured 0.50 (0.0 for 100 empty kernels), host-bound "
                               "and healthy phases 0.76-0.93", min=0, max=1)
-    launch_min_util_pct: float = opt(10.0, "NVML utilization needed before the launch_ratio test applies (%)",
+    launch_min_util_pct: float = opt(25.0, "NVML utilization needed before the launch_ratio test applies (%): "
+                                     "launch-bound seconds measured 32-65 (100 empty kernels per loop: 32); starved "
+                                     "host-bound seconds up to 16, where NVML's slower average lags the SM counter",
                                      min=0, max=100)
     cpu_busy_pct: float = opt(70.0, "a serving process using at least this much of one core is busy (%): starving "
                               "processes measured 100, a stalled engine 12, an idle one 3", min=1, max=10000)

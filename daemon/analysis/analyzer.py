@@ -103,7 +103,8 @@ class Analyzer:
 
     def analyse(self, t_from: int, t_to: int) -> list[Event]:
         events: list[Event] = []
-        gpus = self.store.read_sync(q.gpus_with_samples, t_from, t_to)
+        # GPUs without new samples still run: their open runs must close or stay open
+        gpus = sorted(set(self.store.read_sync(q.gpus_with_samples, t_from, t_to)) | set(self.gpus))
         targets = self.store.read_sync(q.targets)
         for gpu in gpus:
             events += self._analyse_gpu(gpu, t_from, t_to, targets)
