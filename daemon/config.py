@@ -155,7 +155,12 @@ class AnalysisConfig:
     regression_window_s: float = opt(900.0, "length of the periods compared for regressions (seconds)", min=60)
     regression_baseline: str = opt("previous", "baseline for regressions: previous (the window before) or "
                                    "yesterday (same time one day earlier)", choices=("previous", "yesterday"))
-    regression_ratio: float = opt(1.3, "a latency or throughput change at least this ratio is a regression", min=1)
+    regression_ratio: float = opt(1.3, "a latency or throughput change at least this ratio is a regression: "
+                                  "healthy-vs-healthy repeats in the recordings differ by up to 1.25x (e2e p95) and "
+                                  "1.04x (ITL p50, tokens/s)", min=1)
+    regression_min_latency_s: float = opt(0.05, "latencies below this are not compared (seconds): quantiles from "
+                                          "the first histogram buckets are coarse, TTFT p95 near 5-20 ms varied 4x "
+                                          "between two healthy phases", min=0)
     model_weight_bytes: float = opt(0.0, "bytes of model weights read per decode step, for model bandwidth "
                                     "utilization; 0 means unknown", min=0)
 

@@ -51,7 +51,8 @@ class RegressionDetector:
         findings = {}
         ratio = self.cfg.regression_ratio
         for signal in ("ttft_seconds_p95", "itl_seconds_p50", "e2e_seconds_p95"):
-            if b.get(signal) and c.get(signal) and c[signal] >= ratio * b[signal]:
+            if (b.get(signal) and c.get(signal) and c[signal] >= ratio * b[signal]
+                    and c[signal] >= self.cfg.regression_min_latency_s):
                 findings[signal] = {"before": round(b[signal], 6), "after": round(c[signal], 6),
                                     "ratio": round(c[signal] / b[signal], 3)}
         gen_b, gen_c = b.get("generation_tokens_per_s"), c.get("generation_tokens_per_s")
