@@ -18,6 +18,10 @@ def build_collectors(config: Config) -> list[Collector]:
     if config.collectors.host.enabled:
         collectors.append(HostCollector(config.collectors.host, host,
                                         lambda: explicit_targets(config.targets.pids, host)))
+    if config.collectors.gpu.enabled:
+        from .gpu import GpuCollector
+
+        collectors.append(GpuCollector(config.collectors.gpu, host))
     if config.collectors.engines.enabled:
         from .engines import EngineCollector
 
