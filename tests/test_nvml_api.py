@@ -96,3 +96,79 @@ def test_fake_offers_exactly_the_real_seam():
     assert set(real) == set(fake) - {"inject_event"}
     for name, sig in real.items():
         assert list(sig.parameters) == list(fake[name].parameters), name
+
+
+@pytest.fixture
+def seam(monkeypatch):
+    """The real seam over pynvml, with the named pynvml calls replaced per test."""
+    nvml = Nvml()
+    nvml._nv = pynvml
+    return nvml
+
+
+def test_field_values_are_decoded_by_value_type(seam, monkeypatch):
+    def fake_get(handle, field_ids):
+        values = (pynvml.c_nvmlFieldValue_t * len(field_ids))()
+        for v, (fid, scope) in zip(values, field_ids):
+            v.fieldId, v.scopeId = fid, scope
+        values[0].valueType, values[0].value.uiVal = pynvml.NVML_VALUE_TYPE_UNSIGNED_INT, 512_000
+        values[1].valueType, values[1].value.ullVal = pynvml.NVML_VALUE_TYPE_UNSIGNED_LONG_LONG, 2 ** 40 + 7
+        values[2].valueType, values[2].value.dVal = pynvml.NVML_VALUE_TYPE_DOUBLE, 0.25
+        values[3].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        return values
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetFieldValues", fake_get)
+    monkeypatch.setattr(pynvml, "nvmlErrorString", lambda code: "Not Supported")
+    got = seam.field_values(object(), [(186, 0), (138, nvml_api.ALL_LINKS), (1, 0), (197, 0)])
+    assert got[:3] == [512_000.0, float(2 ** 40 + 7), 0.25]
+    assert isinstance(got[3], NotSupported) and "197" in str(got[3])
+
+
+def test_gpm_request_is_built_and_read_per_metric(seam, monkeypatch):
+    seen = {}
+
+    def fake_metrics_get(req):
+        seen["version"], seen["n"] = req.version, req.numMetrics
+        seen["ids"] = [req.metrics[i].metricId for i in range(req.numMetrics)]
+        req.metrics[0].value = 96.6
+        req.metrics[1].nvmlReturn = pynvml.NVML_ERROR_NOT_SUPPORTED
+        req.metrics[2].value = 3.5
+        return req
+
+    monkeypatch.setattr(pynvml, "nvmlGpmMetricsGet", fake_metrics_get)
+    monkeypatch.setattr(pynvml, "nvmlErrorString", lambda code: "Not Supported")
+    older, newer = pynvml.c_nvmlGpmSample_t(), pynvml.c_nvmlGpmSample_t()
+    got = seam.gpm_metrics(older, newer, [nvml_api.GPM_SM_UTIL, nvml_api.GPM_ANY_TENSOR_UTIL,
+                                          nvml_api.GPM_PCIE_TX_PER_SEC])
+    assert seen == {"version": pynvml.NVML_GPM_METRICS_GET_VERSION, "n": 3, "ids": [2, 5, 20]}
+    assert got[0] == 96.6 and isinstance(got[1], NotSupported) and got[2] == 3.5
+
+
+def test_event_wait_maps_device_and_instances(seam, monkeypatch):
+    def fake_wait(event_set, timeout_ms):
+        d = pynvml.c_nvmlEventData_t()
+        d.eventType, d.eventData = pynvml.nvmlEventTypeXidCriticalError, 79
+        d.gpuInstanceId, d.computeInstanceId = 0xFFFFFFFF, 0xFFFFFFFF
+        return d
+
+    monkeypatch.setattr(pynvml, "nvmlEventSetWait_v2", fake_wait)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetUUID", lambda h: "GPU-x")
+    ev = seam.event_wait(object(), 250)
+    assert (ev.uuid, ev.event_type, ev.data, ev.gpu_instance, ev.compute_instance) == ("GPU-x", 8, 79, None, None)
+
+
+def test_process_utilization_no_samples_is_empty_and_processes_fall_back_to_v2(seam, monkeypatch):
+    def none_since(handle, ts):
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_FOUND)
+
+    def v3_missing(handle):
+        raise pynvml.NVMLLibraryMismatchError("unversioned function missing")
+
+    class P:
+        pid, usedGpuMemory = 42, None
+
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetProcessUtilization", none_since)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses", v3_missing)
+    monkeypatch.setattr(pynvml, "nvmlDeviceGetComputeRunningProcesses_v2", lambda h: [P()])
+    assert seam.process_utilization(object(), 123) == []
+    assert seam.compute_processes(object()) == [(42, None)]
