@@ -39,7 +39,7 @@ async def security_headers(request: web.Request, handler):
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        response = exc
+        response = _as_response(exc)
     except Exception as exc:  # never leak a traceback to the client
         log.error("event=request_failed path=%s error=%r", request.path, str(exc)[:200], exc_info=exc)
         response = json_response({"error": "internal error; see the agent's log"}, status=500)
@@ -47,14 +47,20 @@ async def security_headers(request: web.Request, handler):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     response.headers.setdefault("Referrer-Policy", "no-referrer")
     response.headers.setdefault("X-Frame-Options", "DENY")
-    if isinstance(response, web.HTTPException) and not isinstance(response, web.HTTPSuccessful):
-        if response.status >= 400 and response.content_type != "application/json":
-            body = json_response({"error": response.reason}, status=response.status)
-            for k, v in response.headers.items():
-                if k.lower() not in ("content-type", "content-length"):
-                    body.headers[k] = v
-            return body
     return response
+
+
+def _as_response(exc: web.HTTPException) -> web.Response:
+    """A raised HTTP status as a plain response (aiohttp deprecates returning the exception
+    from a middleware); errors get a JSON body unless they already carry one."""
+    headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-length"}
+    if exc.status >= 400 and exc.content_type != "application/json":
+        response = json_response({"error": exc.reason}, status=exc.status)
+        for k, v in headers.items():
+            if k.lower() != "content-type":
+                response.headers[k] = v
+        return response
+    return web.Response(status=exc.status, reason=exc.reason, body=exc.body, headers=headers)
 
 
 def auth_middleware(token: str):
