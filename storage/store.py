@@ -9,6 +9,7 @@ storage modules (stacks, series, events, ...): nothing outside storage/ writes S
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -99,12 +100,12 @@ class Store:
             self._writer.flush(timeout)
 
     # -- reads -----------------------------------------------------------------------------
-    async def read(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(cursor, *args)`` on a reader thread and return its result."""
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(cursor, *args, **kwargs)`` on a reader thread and return its result."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self.read_sync, fn, *args)
+        return await loop.run_in_executor(self._pool, functools.partial(self.read_sync, fn, *args, **kwargs))
 
-    def read_sync(self, fn: Callable[..., T], *args: Any) -> T:
+    def read_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``read`` on the calling thread (each thread gets its own cursor)."""
         if self._closed:
             raise StoreError("the store is closed")
@@ -113,7 +114,7 @@ class Store:
             cur = self._local.cursor = self._con.cursor()
             with self._cursors_lock:
                 self._cursors.append(cur)
-        return fn(cur, *args)
+        return fn(cur, *args, **kwargs)
 
     # -- state -----------------------------------------------------------------------------
     def stats(self) -> WriterStats:
