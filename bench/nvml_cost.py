@@ -106,9 +106,10 @@ async def defaults(nvml: object, seconds: float) -> None:
     await c.close()
     pct = 100 * cpu / wall / gpus
     verdict = "within" if pct <= TARGET_PCT else "OVER"
-    print(f"defaults (fast {config.fast_interval_s} s, slow {config.slow_interval_s} s, events "
-          f"{'on' if status['events']['running'] else 'off'}, dcgm {status['dcgm']['state'] if status['dcgm'] else 'off'}):"
-          f" {pct:.3f} % of one core per GPU ({cpu:.3f} s CPU over {wall:.1f} s wall, {gpus} GPU(s)); "
+    events = "on" if status["events"]["running"] else "off"
+    dcgm = status["dcgm"]["state"] if status["dcgm"] else "off"
+    print(f"defaults (fast {config.fast_interval_s} s, slow {config.slow_interval_s} s, events {events}, "
+          f"dcgm {dcgm}): {pct:.3f} % of one core per GPU ({cpu:.3f} s CPU over {wall:.1f} s wall, {gpus} GPU(s)); "
           f"target <= {TARGET_PCT} %: {verdict}")
 
 

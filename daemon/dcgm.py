@@ -143,6 +143,7 @@ class DcgmScraper:
         if self.state != "ok":
             self._log.info("reading SM, tensor and DRAM activity from dcgm-exporter at %s", self.url)
         self.state, self.last_error, self._backoff = "ok", "", 0.0
+        self._said.clear()  # a later outage is worth saying again
         return readings
 
     def take_errors(self) -> list[str]:

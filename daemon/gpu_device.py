@@ -256,22 +256,32 @@ def read_fast(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], fl
 
 def _read_fast_fields(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], float], v: dict) -> None:
     from_gpm = {s for s, _, _ in dev.gpm_signals} if dev.gpm else set()
-    wanted = [("power_w", FI_POWER_INSTANT, 0, 0.001)] + [
-        (sig, fid, scope, unit) for sig, (fid, scope, unit) in COUNTER_FIELDS.items() if sig not in from_gpm]
+    counters = {sig: c for sig, c in COUNTER_FIELDS.items() if sig not in from_gpm}
+    got = _fields(nvml, dev, problems, [("power_w", FI_POWER_INSTANT, 0)] +
+                  [(sig, fid, scope) for sig, (fid, scope, _) in counters.items()])
+    now_mono = clock()
+    if "power_w" in got:
+        v["power_w"] = got.pop("power_w") / 1000.0   # mW
+    for sig, total in got.items():
+        v[sig] = _rate(dev, sig, total * counters[sig][2], now_mono)
+
+
+def _fields(nvml: Any, dev: Device, problems: Problems, wanted: list[tuple[str, int, int]]) -> dict[str, float]:
+    """One nvmlDeviceGetFieldValues call for (name, field id, scope id): the values that came
+    back, by name. Fields switched off are not asked; per-field failures are noted."""
     wanted = [w for w in wanted if not problems.off(dev.gpu, f"field {w[0]}")]
     if not wanted:
-        return
-    got = probe(nvml.field_values, problems, dev.gpu, "field values", dev.handle, [(f, s) for _, f, s, _ in wanted])
-    now_mono = clock()
-    for (sig, _fid, _scope, unit), value in zip(wanted, got or ()):
+        return {}
+    got = probe(nvml.field_values, problems, dev.gpu, "field values", dev.handle, [(f, s) for _, f, s in wanted])
+    out: dict[str, float] = {}
+    for (name, _fid, _scope), value in zip(wanted, got or ()):
+        if isinstance(value, (GpuLost, NvmlUnavailable)):
+            raise value
         if isinstance(value, NvmlError):
-            if isinstance(value, (GpuLost, NvmlUnavailable)):
-                raise value
-            problems.note(dev.gpu, f"field {sig}", value)
-        elif sig == "power_w":
-            v[sig] = value * unit
+            problems.note(dev.gpu, f"field {name}", value)
         else:
-            v[sig] = _rate(dev, sig, value * unit, now_mono)
+            out[name] = value
+    return out
 
 
 def _rate(dev: Device, signal: str, total: float, now_mono: float) -> float | None:
@@ -339,15 +349,7 @@ def read_slow(nvml: Any, dev: Device, problems: Problems) -> dict[str, float | N
     if dev.is_mig_instance:
         return v
     v["temperature_c"] = probe(nvml.temperature_c, problems, dev.gpu, "temperature", dev.handle)
-    wanted = [(name, fid) for name, fid in SLOW_FIELDS if not problems.off(dev.gpu, f"field {name}")]
-    got = probe(nvml.field_values, problems, dev.gpu, "field values", dev.handle, [(f, 0) for _, f in wanted]) \
-        if wanted else None
-    f: dict[str, float] = {}
-    for (name, _fid), value in zip(wanted, got or ()):
-        if isinstance(value, NvmlError):
-            problems.note(dev.gpu, f"field {name}", value)
-        else:
-            f[name] = value
+    f = _fields(nvml, dev, problems, [(name, fid, 0) for name, fid in SLOW_FIELDS])
     if "energy" in f:
         v["energy_j"] = f["energy"] / 1000.0
     if "ecc_dbe" in f:

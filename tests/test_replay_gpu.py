@@ -109,3 +109,9 @@ def test_real_recording_units_survive_storage(store):
     (gpu,) = store.read_sync(series.gpus)
     assert gpu["name"] == "NVIDIA H100 80GB HBM3" and gpu["gpm_supported"] is True
     assert gpu["peak_dram_bw_bytes_s"] == pytest.approx(5120 / 8 * 2 * 2619e6)
+
+
+def test_every_mapped_field_is_a_stored_signal():
+    from infersight.daemon.replay_gpu import FIELD_MAP
+
+    assert {signal for signal, _ in FIELD_MAP.values()} <= set(GPU_SIGNALS)

@@ -82,9 +82,9 @@ async def _record() -> Recording:
     try:
         while not any(e["event"] == "done" for e in events):
             if proc.returncode is not None or time.monotonic() > deadline:
-                await asyncio.sleep(0.5)
-                pytest.fail(f"workload {'exited with ' + str(proc.returncode) if proc.returncode is not None else 'timed out'}"
-                            f"; stderr:\n{b''.join(err).decode(errors='replace')[-3000:]}")
+                await asyncio.sleep(0.5)   # let the readers take the last of its output
+                why = "timed out" if proc.returncode is None else f"exited with {proc.returncode}"
+                pytest.fail(f"workload {why}; stderr:\n{b''.join(err).decode(errors='replace')[-3000:]}")
             started = time.monotonic()
             for name, c in collectors.items():
                 rec.batches[name].append(await c.collect(time.time()))
