@@ -113,7 +113,12 @@ async def _record() -> Recording:
 
 @pytest.fixture(scope="module")
 def recording() -> Recording:
-    return asyncio.run(_record())
+    rec = asyncio.run(_record())
+    info = next(i for b in rec.batches["gpm"] for i in b.gpu_info if i.gpu == GPU)
+    if info.mig_mode:
+        pytest.skip(f"GPU {GPU} is in MIG mode: the phases would load one instance, not the GPU "
+                    "(pick another with INFERSIGHT_TEST_GPU)")
+    return rec
 
 
 def _table(rec: Recording, which: str, sources: tuple[str, ...], signals: tuple[str, ...]) -> list[str]:
