@@ -33,7 +33,19 @@ def _replay(root: Path):
         store.close()
 
 
-@pytest.fixture(scope="module", params=["h100-scenario", "h100-scenario-split"])
+# recordings with their culprit names and layout; h100-rec* were recorded for these tests with
+# other phase orders and names than the two the analysis was developed on
+RECORDINGS = {
+    "h100-scenario": (CULPRITS, False),
+    "h100-scenario-split": (CULPRITS, True),
+    "h100-recA": ({"host_bound": "apply_chat_template_py", "core_bound": "build_batch_metadata",
+                   "launch_bound": "sample_unfused"}, False),
+    "h100-recB": ({"host_bound": "detok_stream_slow", "core_bound": "kv_block_bookkeeping",
+                   "launch_bound": "sample_unfused"}, True),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(RECORDINGS))
 def replayed(request):
     root = FIXTURES / request.param
     windows, events, errors = _replay(root)
@@ -72,8 +84,10 @@ def check_recording(root: Path, windows: list[dict], events: list[dict], culprit
 
 def test_each_phase_gets_its_class_and_each_gap_names_its_code(replayed):
     root, windows, events, errors = replayed
-    assert errors == []
-    check_recording(root, windows, events, CULPRITS, split=root.name.endswith("split"))
+    # the recorder's own scrape failures (a reset connection) are reported, never fatal
+    assert all("replay:" in e for e in errors), errors
+    culprits, split = RECORDINGS[root.name]
+    check_recording(root, windows, events, culprits, split=split)
 
 
 def test_gap_events_carry_duration_lost_time_and_processes(replayed):
