@@ -30,13 +30,13 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         # A stack is a node of a prefix tree: (parent node, frame). Samples point at the leaf.
         """CREATE TABLE stack_nodes (id INTEGER, parent INTEGER, frame INTEGER, depth SMALLINT)""",
         """CREATE TABLE stack_samples (
-        bucket INTEGER, target USMALLINT, thread UINTEGER, stack UINTEGER, active BOOLEAN, count UINTEGER)""",
-        """CREATE TABLE sampling_stats (bucket INTEGER, target USMALLINT, samples UINTEGER, errors UINTEGER)""",
+        bucket INTEGER, target UINTEGER, thread UINTEGER, stack UINTEGER, active BOOLEAN, count UINTEGER)""",
+        """CREATE TABLE sampling_stats (bucket INTEGER, target UINTEGER, samples UINTEGER, errors UINTEGER)""",
         """CREATE TABLE host_samples (
         t DOUBLE, cpu_percent FLOAT, cpu_count SMALLINT, mem_used_bytes BIGINT, mem_total_bytes BIGINT,
         load1 FLOAT, load5 FLOAT, load15 FLOAT)""",
         """CREATE TABLE process_samples (
-        t DOUBLE, target USMALLINT, cpu_percent FLOAT, rss_bytes BIGINT, threads INTEGER,
+        t DOUBLE, target UINTEGER, cpu_percent FLOAT, rss_bytes BIGINT, threads INTEGER,
         ctx_voluntary BIGINT, ctx_involuntary BIGINT)""",
         """CREATE TABLE gpus (
         gpu INTEGER, uuid VARCHAR, name VARCHAR, pci_bus_id VARCHAR, driver VARCHAR,
@@ -66,6 +66,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         id BIGINT, event_id VARCHAR, target VARCHAR, kind VARCHAR, payload VARCHAR, created DOUBLE,
         next_attempt DOUBLE, attempts INTEGER, status VARCHAR, last_error VARCHAR, done_at DOUBLE)""",
         """CREATE TABLE rollups (tbl VARCHAR, done_before DOUBLE)""",
+    ]),
+    (3, "alert delivery ids and grouping state", [
+        # delivery: a unique id per message (receivers dedupe on it); format: the payload's
+        # format, so a target whose format changed is not sent a payload of the old one
+        """ALTER TABLE outbox ADD COLUMN delivery VARCHAR""",
+        """ALTER TABLE outbox ADD COLUMN format VARCHAR""",
+        """ALTER TABLE outbox ADD COLUMN state VARCHAR""",
+        # one row per (webhook target, event kind, host, GPU): what that target was told, so
+        # grouping and cooldowns survive a restart
+        """CREATE TABLE alert_groups (
+        target VARCHAR, kind VARCHAR, host VARCHAR, gpu INTEGER, status VARCHAR, severity VARCHAR,
+        event VARCHAR, first_start DOUBLE, last_end DOUBLE, closed_until DOUBLE, open BOOLEAN,
+        occurrences INTEGER, announced INTEGER, ongoing_announced BOOLEAN, settle_since DOUBLE,
+        last_sent DOUBLE, updated DOUBLE)""",
     ]),
 ]
 
