@@ -85,8 +85,9 @@ def create_app(config: Config, store: Store, *, agent: Any = None) -> web.Applic
     app[CONFIG_KEY] = config
     app[STORE_KEY] = store
     app[AGENT_KEY] = agent
-    from . import api, ui
+    from . import api, metrics, ui
 
     api.add_routes(app)
     ui.add_routes(app)
+    metrics.add_routes(app)
     return app
