@@ -12,6 +12,7 @@ import socket
 import tomllib
 import types
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,71 @@ class AnalysisConfig:
                                     "utilization; 0 means unknown", min=0)
 
 
+SEVERITIES = ("info", "warning", "critical")
+WEBHOOK_FORMATS = ("slack", "discord", "msteams", "generic")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """One webhook target (``[[alerts.webhooks]]``). ``url`` and ``secret`` never leave the process
+    except in the request itself: logs, /api/* and error messages show the URL's scheme and host."""
+
+    name: str = opt("", "a unique name for this target, shown in logs and /api/health")
+    format: str = opt("slack", "slack (also Mattermost and Rocket.Chat), discord, msteams (Workflows webhook) or "
+                      "generic (JSON with every field)", choices=WEBHOOK_FORMATS)
+    url: str = opt("", "the webhook URL, http:// or https:// (secret)", secret=True)
+    secret: str = opt("", "HMAC-SHA256 key: when set, X-Infersight-Signature: sha256=<hex> signs the exact body "
+                      "(secret)", secret=True)
+    min_severity: str = opt("warning", "least severity that opens an alert: info, warning or critical",
+                            choices=SEVERITIES)
+    kinds: tuple[str, ...] = opt((), "event kinds sent (cpu_gpu_gap, util_throughput_mismatch, saturation, "
+                                 "regression, xid, ...); empty means every kind")
+    gpus: tuple[int, ...] = opt((), "GPU indices whose events are sent; empty means every GPU and host-wide events")
+
+    def __post_init__(self) -> None:
+        # messages name the key (build() prefixes the table path) and never echo the URL: it is secret
+        if not self.name.strip():
+            raise ConfigError("name: required, a unique name for this target")
+        try:
+            parts = urllib.parse.urlsplit(self.url)
+            host = parts.hostname
+        except ValueError:
+            host = None
+        if not host or parts.scheme.lower() not in ("http", "https"):
+            raise ConfigError("url: required, an http:// or https:// URL with a host (value not shown: secret)")
+
+    @classmethod
+    def example(cls) -> "WebhookConfig":
+        """The target config.example.toml shows (commented out)."""
+        return cls(name="oncall", format="slack", url="https://hooks.slack.com/services/T000/B000/XXXXXXXX")
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """Webhook alerts: findings grouped per (kind, host, GPU), delivered through a DuckDB outbox."""
+
+    cooldown_s: float = opt(300.0, "quiet time after a finding ends before its group resolves; a finding that "
+                            "returns within it continues the same alert instead of sending a new one (seconds)",
+                            min=0, max=86400)
+    max_age_s: float = opt(86400.0, "an undelivered message older than this is given up and recorded (seconds)",
+                           min=10)
+    backoff_initial_s: float = opt(2.0, "first retry delay after a failed delivery; doubles per attempt, with "
+                                   "jitter (seconds)", min=0.05, max=3600)
+    backoff_max_s: float = opt(300.0, "longest retry delay, unless the receiver asks for more with Retry-After "
+                               "(seconds)", min=0.05, max=86400)
+    timeout_s: float = opt(10.0, "time limit of one delivery attempt (seconds)", min=0.1, max=300)
+    send_resolved: bool = opt(True, "send a resolved message when an alerted finding has ended")
+    webhooks: tuple[WebhookConfig, ...] = opt((), "webhook targets, one [[alerts.webhooks]] table each (see "
+                                              "the commented example below; delete this line when you add one)")
+
+    def __post_init__(self) -> None:
+        seen: set[str] = set()
+        for i, hook in enumerate(self.webhooks):
+            if hook.name in seen:
+                raise ConfigError(f"webhooks[{i}].name: duplicate name {hook.name!r}")
+            seen.add(hook.name)
+
+
 @dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
@@ -173,6 +239,7 @@ class Config:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @property
     def host(self) -> str:
@@ -208,7 +275,10 @@ def build(cls: type, raw: Any, path: str) -> Any:
     for name, value in raw.items():
         key_path = f"{path}.{name}" if path else name
         values[name] = _convert(hints[name], value, key_path, fields[name].metadata)
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ConfigError as exc:  # a check across keys (__post_init__) names keys relative to this table
+        raise ConfigError(f"{path}.{exc}" if path else str(exc)) from None
 
 
 def _convert(hint: Any, value: Any, path: str, meta: typing.Mapping[str, Any]) -> Any:
@@ -255,5 +325,9 @@ def _replace_path(obj: Any, parts: list[str], value: Any, done: str) -> Any:
         meta = {f.name: f.metadata for f in dataclasses.fields(obj)}[name]
         if isinstance(value, tuple):
             value = list(value)
-        return dataclasses.replace(obj, **{name: _convert(hints[name], value, key_path, meta)})
+        converted = _convert(hints[name], value, key_path, meta)
+        try:
+            return dataclasses.replace(obj, **{name: converted})
+        except ConfigError as exc:
+            raise ConfigError(f"{done}.{exc}" if done else str(exc)) from None
     return dataclasses.replace(obj, **{name: _replace_path(getattr(obj, name), parts[1:], value, key_path)})

@@ -36,9 +36,36 @@ def _render_table(obj: typing.Any, prefix: str, out: list[str]) -> None:
             for line in _wrap(f.metadata.get("doc", "")):
                 out.append(f"# {line}")
             out.append(f"{f.name} = {_toml(getattr(obj, f.name))}")
+            item = _table_array_item(hints[f.name])
+            if item is not None:
+                out += _commented_table(item, f"{prefix}.{f.name}" if prefix else f.name)
         out.append("")
     for f in tables:
         _render_table(getattr(obj, f.name), f"{prefix}.{f.name}" if prefix else f.name, out)
+
+
+def _table_array_item(hint: typing.Any) -> type | None:
+    """The item dataclass of a ``tuple[SomeConfig, ...]`` field (an array of tables), else None."""
+    if typing.get_origin(hint) is tuple:
+        item = typing.get_args(hint)[0]
+        if dataclasses.is_dataclass(item):
+            return item
+    return None
+
+
+def _commented_table(item: type, key: str) -> list[str]:
+    """One commented-out ``[[key]]`` table: the item class's ``example()`` with every key's doc.
+
+    Arrays of tables cannot sit beside ``key = []`` in one file, so the example stays commented
+    and its doc (on the ``key = []`` line above) says to delete that line when adding one.
+    """
+    example = item.example()
+    out = [f"# [[{key}]]"]
+    for f in dataclasses.fields(example):
+        for line in _wrap(f.metadata.get("doc", ""), width=86):
+            out.append(f"# # {line}")
+        out.append(f"# {f.name} = {_toml(getattr(example, f.name))}")
+    return out
 
 
 def _toml(value: typing.Any) -> str:

@@ -14,13 +14,14 @@ def opt(default: Any, doc: str, *, min: float | None = None, max: float | None =
         choices: tuple[str, ...] | None = None, secret: bool = False) -> Any:
     """A config field with its documentation, unit (inside ``doc``) and valid range.
 
-    ``secret`` fields are never logged or returned by the API.
+    ``secret`` fields are never logged or returned by the API; they are left out of the
+    dataclass repr, so a config printed in a log line or a traceback does not show them.
     """
     meta = {"doc": doc, "min": min, "max": max, "choices": choices, "secret": secret}
     if isinstance(default, (list, tuple)):
         frozen = tuple(default)
-        return dataclasses.field(default_factory=lambda: frozen, metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+        return dataclasses.field(default_factory=lambda: frozen, metadata=meta, repr=not secret)
+    return dataclasses.field(default=default, metadata=meta, repr=not secret)
 
 
 def check_value(hint: Any, value: Any, path: str, meta: Mapping[str, Any]) -> Any:

@@ -199,7 +199,8 @@ class Daemon:
 
 
 def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:
-    """Components every daemon runs: analysis (when enabled). Each factory gets the daemon
+    """Components every daemon runs: analysis (when enabled), alerts (when webhooks are
+    configured). Each factory gets the daemon
     and returns an object with ``name`` and optionally ``interval_s``+``tick``, ``start``,
     ``close`` and ``health``; its health shows under its name in /api/health."""
     factories: list[Callable[[Daemon], Any]] = []
@@ -210,6 +211,14 @@ def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:
             return Analyzer(daemon.config, daemon.agent.store)
 
         factories.append(analysis)
+    if config.alerts.webhooks:
+        def alerts(daemon: "Daemon"):
+            # created after the analysis component, so it can follow the analyzer's findings
+            from .alerts import AlertsComponent
+
+            return AlertsComponent.for_daemon(daemon)
+
+        factories.append(alerts)
     return factories
 
 
