@@ -43,6 +43,23 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the agent plus a simulated inference engine, on a temporary DB")
     demo.add_argument("--listen", default="127.0.0.1:8321", help="HOST:PORT of the UI (default %(default)s)")
     demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (0: until Ctrl-C)")
+
+    export = sub.add_parser("export", help="write stored hours of every table as Parquet (table=/host=/date=/hour=)")
+    _common(export)
+    export.add_argument("--from", dest="t_from", required=True, metavar="TIME",
+                        help="start: Unix seconds or ISO 8601 (UTC without a zone); rounded down to the hour")
+    export.add_argument("--to", dest="t_to", required=True, metavar="TIME", help="end; rounded up to the hour")
+    export.add_argument("--out", required=True, metavar="DIR", help="root folder of the Parquet tree")
+    export.add_argument("--db", help="DuckDB file (default: storage.path); not one a running agent holds")
+    export.add_argument("--host", help="host partition value (default: agent.host or the system host name)")
+
+    install = sub.add_parser("install-service", help="install the systemd unit, sysusers/tmpfiles entries and "
+                                                     "/etc/infersight/infersight.toml")
+    install.add_argument("--root", default="/", metavar="DIR", help="install under this folder (default: /)")
+    install.add_argument("--exe", help="the infersight program ExecStart runs (default: this installation's)")
+    install.add_argument("--source", metavar="DIR", help="folder with the unit files (default: systemd/ of this "
+                                                         "source tree)")
+    install.add_argument("--dry-run", action="store_true", help="print what would be written; change nothing")
     return ap
 
 
@@ -109,6 +126,14 @@ def main(argv: list[str] | None = None) -> int:
 
             setup_logging("info")
             return demo_main(listen=args.listen, duration=args.duration)
+        if args.command == "export":
+            from .export import main as export_main
+
+            return export_main(args)
+        if args.command == "install-service":
+            from .install import main as install_main
+
+            return install_main(args)
     except ConfigError as exc:
         print(f"infersight: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -8,6 +8,7 @@ with the key path (``storage.retention_hours: expected a positive number, got "x
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 import tomllib
 import types
@@ -232,6 +233,49 @@ class AlertsConfig:
 
 
 @dataclass(frozen=True)
+class PyroscopeConfig:
+    """Pushes each target group's stacks to a Grafana Pyroscope server (its /ingest API)."""
+
+    enabled: bool = opt(False, "push the stacks of every target to a Grafana Pyroscope server every interval_s")
+    url: str = opt("http://127.0.0.1:4040", "base URL of the Pyroscope server; /ingest is appended (http or https)")
+    interval_s: float = opt(15.0, "length of each pushed profile and how often pushes happen (seconds)", min=1,
+                            max=3600)
+    lag_s: float = opt(15.0, "push stacks up to this long before now, so late py-spy recordings are in (seconds); "
+                       "keep above collectors.stacks.recording_s + storage.flush_interval_s", min=0, max=3600)
+    service: str = opt("infersight", "application name and service label of the pushed profiles "
+                       "(letters, digits, '_', '-', '.')")
+    auth_token: str = opt("", "sent as 'Authorization: Bearer TOKEN' when set (secret)", secret=True)
+    tenant_id: str = opt("", "sent as X-Scope-OrgID for a multi-tenant Pyroscope when set")
+    max_buffered: int = opt(240, "pushes kept while the server is unreachable; the oldest are dropped beyond this "
+                            "(count)", min=1, max=100000)
+    timeout_s: float = opt(5.0, "timeout of one push request (seconds)", min=0.1, max=120)
+    max_backoff_s: float = opt(300.0, "longest wait between retries while the server fails; the wait doubles from "
+                               "interval_s after each failure (seconds)", min=1, max=86400)
+
+    def __post_init__(self) -> None:
+        # messages name the key relative to this table; build() prefixes the table path
+        parts = urllib.parse.urlsplit(self.url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigError(f"url: expected an http:// or https:// URL with a host, got {shown(self.url)}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.service):
+            raise ConfigError(f"service: use letters, digits, '_', '-' and '.', got {shown(self.service)}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Writes closed hours of every table as Parquet files in a hive-partitioned tree."""
+
+    enabled: bool = opt(False, "write every closed hour of every table as Parquet under directory")
+    directory: str = opt("", "root of the tree (table=/host=/date=/hour=); empty means a folder 'export' next to "
+                         "storage.path")
+    interval_s: float = opt(300.0, "how often closed hours are looked for and written (seconds)", min=1, max=86400)
+    settle_s: float = opt(120.0, "an hour is closed, and written, once it ended this long ago (seconds); keep above "
+                          "analysis.lag_s + analysis.interval_s so its windows and events are in", min=0, max=86400)
+    max_hours_per_run: int = opt(24, "hours written per run at most, so catching up after a long stop stays gentle "
+                                 "(count)", min=1, max=10000)
+
+
+@dataclass(frozen=True)
 class Config:
     agent: AgentConfig = field(default_factory=AgentConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -239,6 +283,8 @@ class Config:
     targets: TargetsConfig = field(default_factory=TargetsConfig)
     collectors: CollectorsConfig = field(default_factory=CollectorsConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    pyroscope: PyroscopeConfig = field(default_factory=PyroscopeConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     @property

@@ -211,6 +211,20 @@ def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:
             return Analyzer(daemon.config, daemon.agent.store)
 
         factories.append(analysis)
+    if config.pyroscope.enabled:
+        def pyroscope(daemon: "Daemon"):
+            from .pyroscope import PyroscopePusher
+
+            return PyroscopePusher(daemon.config, daemon.agent.store)
+
+        factories.append(pyroscope)
+    if config.export.enabled:
+        def export(daemon: "Daemon"):
+            from .export import Exporter
+
+            return Exporter(daemon.config, daemon.agent.store)
+
+        factories.append(export)
     if config.alerts.webhooks:
         def alerts(daemon: "Daemon"):
             # created after the analysis component, so it can follow the analyzer's findings
