@@ -1,12 +1,15 @@
-"""The UI's static files. No build step, no CDN: what is in web/static/ is what is served."""
+"""The UI: static files (no build step, no CDN: what is in web/static/ is what is served)
+and the UI's own JSON routes (web/api_ui.py)."""
 from __future__ import annotations
 
 from aiohttp import web
 
+from . import api_ui
 from .app import STATIC_DIR
 
 
 async def index(request: web.Request) -> web.StreamResponse:
+    """The single page; its state lives in the query string, so any URL of it is a deep link."""
     page = STATIC_DIR / "index.html"
     if not page.exists():
         return web.Response(text="infersight agent: the UI is not installed; see /api/health", content_type="text/plain")
@@ -15,5 +18,6 @@ async def index(request: web.Request) -> web.StreamResponse:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", index)
+    api_ui.add_routes(app)
     if STATIC_DIR.is_dir():
         app.router.add_static("/static/", STATIC_DIR, follow_symlinks=False, show_index=False)

@@ -1,0 +1,61 @@
+"""Queries the web UI's timeline needs in one round trip (SQL lives here, not in web/).
+
+- :func:`gpu_activity` bins the four activity signals of every GPU in one scan.
+- :func:`class_runs` merges consecutive per-second analysis windows of one class into runs,
+  so a 24 h view carries a few hundred spans instead of 86,400 windows per GPU.
+
+Times are Unix seconds; percentages are 0-100.
+"""
+from __future__ import annotations
+
+ACTIVITY_SIGNALS = ("sm_util", "tensor_util", "dram_bw_util", "util_gpu")
+MAX_BINS = 20_000
+MAX_RUNS = 100_000
+# Two windows touch when the next starts within this many seconds of the previous end
+# (analysis windows are 1 s and share their bounds; a gap longer than this breaks a run).
+RUN_JOIN_S = 0.05
+
+
+def gpu_activity(cur, t_from: float, t_to: float, step: float) -> dict[int, dict[str, list[list[float | None]]]]:
+    """``{gpu: {signal: [[bin_start, mean], ...]}}`` for ACTIVITY_SIGNALS, ``step``-second bins.
+
+    A signal a GPU never reported in the range (no GPM, say) is absent for that GPU; a bin
+    whose samples all lack it has None.
+    """
+    if step <= 0:
+        raise ValueError("step must be positive")
+    if (t_to - t_from) / step > MAX_BINS:
+        raise ValueError(f"step too small for this range (at most {MAX_BINS} bins)")
+    means = ", ".join(f"avg({s})" for s in ACTIVITY_SIGNALS)
+    rows = cur.execute(f"""
+        SELECT gpu, ? + floor((t - ?) / ?) * ? AS b, {means}
+        FROM gpu_samples WHERE t >= ? AND t < ?
+        GROUP BY 1, 2 ORDER BY 1, 2""", [t_from, t_from, step, step, t_from, t_to]).fetchall()
+    out: dict[int, dict[str, list[list[float | None]]]] = {}
+    for gpu, b, *values in rows:
+        per = out.setdefault(int(gpu), {s: [] for s in ACTIVITY_SIGNALS})
+        for name, v in zip(ACTIVITY_SIGNALS, values):
+            per[name].append([round(b, 3), None if v is None else round(float(v), 2)])
+    for per in out.values():
+        for name in [n for n, pts in per.items() if all(v is None for _, v in pts)]:
+            del per[name]
+    return out
+
+
+def class_runs(cur, t_from: float, t_to: float) -> dict[int, list[list]]:
+    """``{gpu: [[start, end, class], ...]}``: analysis windows overlapping [t_from, t_to),
+    consecutive windows of one class merged (gaps-and-islands), oldest first."""
+    rows = cur.execute(f"""
+        WITH w AS (
+            SELECT gpu, start, "end", klass,
+                   CASE WHEN klass = lag(klass) OVER (PARTITION BY gpu ORDER BY start)
+                         AND start - lag("end") OVER (PARTITION BY gpu ORDER BY start) <= {RUN_JOIN_S}
+                        THEN 0 ELSE 1 END AS brk
+            FROM windows WHERE "end" > ? AND start < ?),
+        g AS (SELECT *, sum(brk) OVER (PARTITION BY gpu ORDER BY start ROWS UNBOUNDED PRECEDING) AS run FROM w)
+        SELECT gpu, min(start), max("end"), any_value(klass) FROM g
+        GROUP BY gpu, run ORDER BY gpu, 2 LIMIT {MAX_RUNS}""", [t_from, t_to]).fetchall()
+    out: dict[int, list[list]] = {}
+    for gpu, start, end, klass in rows:
+        out.setdefault(int(gpu), []).append([float(start), float(end), klass])
+    return out

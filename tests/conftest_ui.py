@@ -1,0 +1,231 @@
+"""Helpers for the browser tests of the UI (tests/test_ui_browser.py).
+
+- :func:`chromium_path`: Debian's chromium; a missing one FAILS the test with the install hint.
+- :class:`ServeProcess`: ``infersight serve --db FILE`` as a real subprocess on a free port.
+- :func:`build_synthetic_store`: a store with a 20,000+ frame profile, frames, threads, a
+  process and a finding named like markup (``<img src=x onerror=alert(1)>``, quotes,
+  unicode), and no GPU or engine data at all.
+- Page helpers that turn times into timeline pixels through the data the timeline publishes
+  (``data-view-from``/``-to``, ``data-plot-left``/``-right``, ``data-layout``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+HOSTILE_FRAME = "<img src=x onerror=alert(1)>"
+HOSTILE_FILE = "<script>alert(2)</script>.py"
+HOSTILE_UNICODE = "\"quoted\" 'name' & ünïcødé 🚀 </td><b>"
+HOSTILE_THREAD = "<svg onload=alert(3)>"
+HOSTILE_EVENT_ID = 'hostile:"<img src=x onerror=alert(6)>"'
+SYNTHETIC_START = 1_700_000_000
+SYNTHETIC_SECONDS = 60
+SYNTHETIC_NODES = 20_500
+
+
+def chromium_path() -> str:
+    """The system chromium (never a downloaded browser); pytest.fail when absent."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        pytest.fail("chromium is not installed: apt-get install chromium (make test does it when run as root); "
+                    "the UI tests drive Debian's chromium, never a downloaded browser", pytrace=False)
+    return found
+
+
+def sync_playwright():
+    try:
+        from playwright.sync_api import sync_playwright as factory
+    except ImportError:
+        pytest.fail("playwright is not installed: pip install -e '.[test]' (never `playwright install`: "
+                    "the tests use the system chromium)", pytrace=False)
+    return factory()
+
+
+class ServeProcess:
+    """``python -m infersight.daemon.cli serve --db DB --listen 127.0.0.1:0``; ``url`` once it listens."""
+
+    LISTENING = re.compile(r"read-only at (http://\S+?)/?$")
+
+    def __init__(self, db: Path, timeout: float = 60.0) -> None:
+        cmd = [sys.executable, "-m", "infersight.daemon.cli", "serve", "--db", str(db), "--listen", "127.0.0.1:0"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.lines: list[str] = []
+        self._found = threading.Event()
+        self.url = ""
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self._found.wait(timeout):
+            self.stop()
+            raise RuntimeError("infersight serve did not start:\n" + "\n".join(self.lines[-20:]))
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            line = line.rstrip("\n")
+            self.lines.append(line)
+            m = self.LISTENING.search(line)
+            if m and not self._found.is_set():
+                self.url = m.group(1).rstrip("/")
+                self._found.set()
+        self._found.set()
+
+    def get_json(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+
+def replay_into(fixture: Path, db: Path) -> None:
+    """``infersight replay FIXTURE --db DB`` as a subprocess, as a user would fill a store."""
+    done = subprocess.run([sys.executable, "-m", "infersight.daemon.cli", "replay", str(fixture), "--db", str(db)],
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise RuntimeError(f"replay failed ({done.returncode}):\n{done.stderr[-3000:]}")
+
+
+def _synthetic_paths(rng: random.Random) -> list[list[tuple[str, str, int]]]:
+    """Root-first frame paths of a random call tree with at least SYNTHETIC_NODES nodes."""
+    files = ["serve.py", "torch/nn/modules/module.py", "vllm/engine/llm_engine.py", "threading.py", "model/layers.py"]
+    count = 0
+    paths: list[list[tuple[str, str, int]]] = []
+    frontier: list[list[tuple[str, str, int]]] = [[]]
+    while frontier and count < SYNTHETIC_NODES:
+        path = frontier.pop(0)
+        fanout = rng.randint(2, 5) if len(path) < 3 else rng.randint(1, 4)
+        if len(path) >= 16:
+            fanout = 0
+        if fanout == 0:
+            paths.append(path)
+            continue
+        for k in range(fanout):
+            frame = (f"fn_{len(path)}_{count}_{k}", rng.choice(files), rng.randint(1, 900))
+            frontier.append(path + [frame])
+            count += 1
+    return paths + [p for p in frontier if p]
+
+
+def build_synthetic_store(db: Path) -> dict:
+    """Fill ``db`` (see module doc); returns facts the tests check against."""
+    from infersight.daemon.model import Batch, Event, Frame, StackSample, Target
+    from infersight.storage.events import upsert_events
+    from infersight.storage.store import Store
+
+    rng = random.Random(7)
+    store = Store.open(str(db), host="synthetic", flush_interval_s=0.05)
+    try:
+        target = Target("synthetic", 4242, float(SYNTHETIC_START - 5), "<script>alert(4)</script> serve", "engine")
+        store.submit(Batch("discovery", 0.0, targets=[target]))
+        store.flush()
+        paths = _synthetic_paths(rng)
+        hostile = [("<module>", "serve.py", 1), (HOSTILE_FRAME, HOSTILE_FILE, 7), (HOSTILE_UNICODE, "dir with spaces/<b>x</b>.py", 3)]
+        batch = Batch("stacks", float(SYNTHETIC_START))
+        for i, path in enumerate([hostile] + paths):
+            bucket = SYNTHETIC_START + (i % SYNTHETIC_SECONDS)
+            count = 400_000 if i == 0 else rng.randint(1, 30)
+            tid, name = (99, HOSTILE_THREAD) if i == 0 else (4242 + i % 3, "MainThread")
+            frames = tuple(Frame(fn, file, line) for fn, file, line in path)
+            batch.stack_samples.append(StackSample(bucket, target.pid, target.start_time, tid, name, frames, True, count))
+        while not store.submit(batch):
+            store.flush()
+        store.flush()
+        event = Event(HOSTILE_EVENT_ID, "cpu_gpu_gap", SYNTHETIC_START + 10.0, SYNTHETIC_START + 20.0, "synthetic", 0,
+                      klass="host_bound", summary=f"GPU 0 starved by {HOSTILE_FRAME} in {HOSTILE_FILE}",
+                      evidence={"<b>key</b>": "<script>alert(5)</script>", "gpu_idle_pct": 91.5},
+                      top_frames=[{"frame": HOSTILE_FRAME, "file": HOSTILE_FILE, "line": 7, "share": 0.62,
+                                   "pid": 4242, "role": "<i>role</i>"}])
+        store.write_sync(upsert_events, [event])
+    finally:
+        store.close()
+    return {"start": SYNTHETIC_START, "end": SYNTHETIC_START + SYNTHETIC_SECONDS, "event_id": HOSTILE_EVENT_ID}
+
+
+# -- page helpers ----------------------------------------------------------------------------
+
+def timeline_geometry(page) -> dict:
+    """The timeline's range, plot bounds and track boxes, in page coordinates."""
+    info = page.eval_on_selector("#timeline", """(el) => {
+        const box = el.querySelector('canvas.overlay').getBoundingClientRect();
+        return {from: +el.dataset.viewFrom, to: +el.dataset.viewTo, left: +el.dataset.plotLeft,
+                right: +el.dataset.plotRight, layout: JSON.parse(el.dataset.layout), x: box.x, y: box.y};
+    }""")
+    return info
+
+
+def time_to_x(geo: dict, t: float) -> float:
+    return geo["x"] + geo["left"] + (t - geo["from"]) / (geo["to"] - geo["from"]) * (geo["right"] - geo["left"])
+
+
+def track_y(geo: dict, kind: str, gpu: int | None = None) -> float:
+    for track in geo["layout"]:
+        if track["kind"] == kind and (gpu is None or track.get("gpu") == gpu):
+            return geo["y"] + track["y"] + track["h"] / 2
+    raise AssertionError(f"no {kind} track in the timeline layout: {geo['layout']}")
+
+
+def drag_select(page, t0: float, t1: float, kind: str = "activity") -> None:
+    geo = timeline_geometry(page)
+    y = track_y(geo, kind, 0) if kind in ("activity", "classes") else track_y(geo, kind)
+    page.mouse.move(time_to_x(geo, t0), y)
+    page.mouse.down()
+    steps = 8
+    for k in range(1, steps + 1):
+        page.mouse.move(time_to_x(geo, t0 + (t1 - t0) * k / steps), y)
+    page.mouse.up()
+
+
+def wait_view(page, view: str, timeout: float = 20_000) -> None:
+    """Wait until ``#{view}-view`` has loaded (data-state ready or empty)."""
+    page.wait_for_function(f"""() => ['ready', 'empty'].includes(document.getElementById('{view}-view').dataset.state)""",
+                           timeout=timeout)
+
+
+def wait_timeline(page) -> None:
+    page.wait_for_function("() => document.getElementById('timeline').dataset.state === 'ready'", timeout=20_000)
+
+
+def tooltip_text(page) -> str:
+    page.wait_for_timeout(50)
+    return page.eval_on_selector("#tooltip", "(el) => el.hidden ? '' : el.textContent")
+
+
+def save_screenshot(page, name: str) -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / name
+    page.screenshot(path=str(path), full_page=True)
+    return path
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()

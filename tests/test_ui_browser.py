@@ -1,0 +1,367 @@
+"""The web UI in a real browser: Debian's chromium driven through Playwright.
+
+A store is filled from the H100 recording with ``infersight replay`` and served with
+``infersight serve``; the tests drive the page like a person on call: read the timeline's
+classes, drag across the host-bound minutes, search, diff against the healthy phase, open a
+finding, follow a deep link. A second, synthetic store holds a 20,000-frame profile and
+frames named like markup (rendered as text, running nothing) and no GPU or engine data.
+Screenshots land in test-artifacts/.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from urllib.parse import parse_qs, quote, urlparse
+
+import pytest
+
+from conftest_ui import (CHROMIUM_ARGS, HOSTILE_FILE, HOSTILE_FRAME, HOSTILE_UNICODE, ServeProcess,
+                         build_synthetic_store, chromium_path, drag_select, replay_into, save_screenshot,
+                         sync_playwright, time_to_x, timeline_geometry, tooltip_text, track_y, wait_timeline,
+                         wait_view)
+
+pytestmark = pytest.mark.browser
+
+FIXTURE = Path(__file__).parent / "fixtures" / "h100-scenario"
+# Ground truth of the recording (its README): the class each phase must show.
+PHASE_CLASS = {"healthy": "memory_bound", "host_bound": "host_bound", "core_bound": "host_bound",
+               "memory_bound": "memory_bound", "idle": "idle", "launch_bound": "launch_bound",
+               "compute_bound": "compute_bound", "stall": "stall"}
+
+
+@pytest.fixture(scope="session")
+def labels() -> list[dict]:
+    return [json.loads(line) for line in (FIXTURE / "labels.jsonl").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="session")
+def scenario(tmp_path_factory):
+    db = tmp_path_factory.mktemp("ui-scenario") / "scenario.duckdb"
+    replay_into(FIXTURE, db)
+    server = ServeProcess(db)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    db = tmp_path_factory.mktemp("ui-synthetic") / "synthetic.duckdb"
+    facts = build_synthetic_store(db)
+    server = ServeProcess(db)
+    server.facts = facts
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    executable = chromium_path()
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class PageProblems:
+    """Dialogs, uncaught errors and console errors seen by a page."""
+
+    def __init__(self, page) -> None:
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on("console", lambda msg: self.errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def assert_clean(self) -> None:
+        assert not self.dialogs, f"the page opened dialogs: {self.dialogs}"
+        assert not self.errors, f"the page reported errors: {self.errors}"
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+    pg = context.new_page()
+    pg.problems = PageProblems(pg)
+    yield pg
+    context.close()
+
+
+def phase(labels: list[dict], name: str) -> tuple[float, float]:
+    """The first labelled phase ``name`` without its transition seconds."""
+    row = next(r for r in labels if r["phase"] == name)
+    return row["t0"] + 1.0, row["t1"] - 1.0
+
+
+def open_recording(page, server, labels, extra: str = "") -> None:
+    start, end = labels[0]["t0"] - 2, labels[-1]["t1"] + 2
+    page.goto(f"{server.url}/?from={start:.3f}&to={end:.3f}{extra}")
+    wait_timeline(page)
+
+
+def hottest_functions(page) -> list[str]:
+    return page.eval_on_selector_all("#flame-hot .hot-row .fn-name", "(els) => els.map((e) => e.textContent)")
+
+
+def query_of(page) -> dict[str, list[str]]:
+    return parse_qs(urlparse(page.url).query)
+
+
+def selection(page) -> list[float]:
+    return [float(x) for x in query_of(page)["sel"][0].split("-")]
+
+
+def test_timeline_shows_the_class_of_every_phase(page, scenario, labels):
+    open_recording(page, scenario, labels)
+    geo = timeline_geometry(page)
+    y = track_y(geo, "classes", 0)
+    for row in labels:
+        expected = PHASE_CLASS.get(row["phase"])
+        mid = (row["t0"] + row["t1"]) / 2
+        page.mouse.move(time_to_x(geo, mid), y)
+        text = tooltip_text(page)
+        windows = scenario.get_json(f"/api/windows?from={int(mid)}&to={int(mid) + 1}&gpu=0")["windows"]
+        assert windows, f"no analysis window at {mid} ({row['phase']})"
+        stored = windows[0]["class"]
+        assert stored.replace("_", " ") in text, f"{row['phase']}: tooltip {text!r} lacks the stored class {stored}"
+        if expected is not None:
+            assert expected.replace("_", " ") in text, f"{row['phase']} should read {expected}: {text!r}"
+    legend = page.eval_on_selector_all("#legend .legend-item", "(els) => els.map((e) => e.dataset.class)")
+    assert set(PHASE_CLASS.values()) <= set(legend), legend
+    assert page.locator(".gpu-card").count() == 1
+    assert page.locator("#timeline-notes .note").count() == 0, "the recording has GPU and engine data: no notes expected"
+    save_screenshot(page, "ui-timeline.png")
+    page.problems.assert_clean()
+
+
+def test_selecting_the_host_bound_phase_shows_the_culprit(page, scenario, labels):
+    open_recording(page, scenario, labels)
+    wait_view(page, "flame")
+    t0, t1 = phase(labels, "host_bound")
+    drag_select(page, t0, t1)
+    page.wait_for_function(f"() => Math.abs(+document.getElementById('flame-view').dataset.from - {t0}) < 0.5 "
+                           "&& document.getElementById('flame-view').dataset.state === 'ready'")
+    assert selection(page) == pytest.approx([t0, t1], abs=0.5)
+    assert hottest_functions(page)[0] == "tokenize_slow_python"
+    assert "host bound" in page.text_content("#selection-text")
+
+    # the tooltip of the canvas names the frame; walk down the widest (leftmost) column
+    canvas = page.locator("#flame-canvas").bounding_box()
+    found = None
+    for row in range(12):
+        page.mouse.move(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + row * 18 + 9)
+        text = tooltip_text(page)
+        if text.startswith("tokenize_slow_python"):
+            found = (row, text)
+            break
+    assert found, "no frame tokenize_slow_python under the widest column"
+    assert "engine.py:" in found[1] and "of total" in found[1] and "of parent" in found[1]
+    page.mouse.click(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + found[0] * 18 + 9)
+    assert page.text_content("#flame-crumbs .crumb.current") == "tokenize_slow_python"
+    assert json.loads(query_of(page)["focus"][0])[-1] == "tokenize_slow_python"
+    page.click("#flame-reset")
+    assert "focus" not in query_of(page)
+
+    page.fill("#flame-search", "tokenize")
+    page.wait_for_function("() => document.getElementById('flame-search-result').textContent.includes('%')")
+    shown = float(page.get_attribute("#flame-search-result", "data-share"))
+    tree = scenario.get_json(f"/api/flamegraph?from={t0}&to={t1}")
+    assert shown == pytest.approx(_matched_share(tree, "tokenize"), abs=1e-9)
+    assert shown > 0.5, "the slow tokenizer is most of the host-bound phase's samples"
+    assert query_of(page)["q"] == ["tokenize"]
+    save_screenshot(page, "ui-flame-host-bound.png")
+    page.problems.assert_clean()
+
+
+def _matched_share(tree: dict, text: str) -> float:
+    """Share of the total under frames whose name or file contains ``text`` (outermost match)."""
+    def walk(node: dict) -> float:
+        if text in node["name"].lower() or text in (node.get("file") or "").lower():
+            return node["value"]
+        return sum(walk(c) for c in node["children"])
+
+    return sum(walk(c) for c in tree["children"]) / tree["value"]
+
+
+def test_diff_of_the_healthy_and_host_bound_phases(page, scenario, labels):
+    open_recording(page, scenario, labels)
+    drag_select(page, *phase(labels, "healthy"))
+    page.click("#sel-base")
+    drag_select(page, *phase(labels, "host_bound"))
+    page.click("#tab-diff")
+    wait_view(page, "diff")
+    assert page.get_attribute("#diff-view", "data-state") == "ready"
+    rows = page.eval_on_selector_all("#diff-table .change-row", """(els) => els.map((e) => ({
+        name: e.querySelector('.fn-name').textContent, delta: +e.dataset.delta}))""")
+    assert rows[0]["name"] == "tokenize_slow_python" and rows[0]["delta"] > 0.5
+    sync = [r for r in rows if r["name"] == "synchronize"]
+    assert sync and sync[0]["delta"] < -0.3, "waiting on the GPU shrank: the GPU had nothing to do"
+    q = query_of(page)
+    assert q["tab"] == ["diff"] and "base" in q and "sel" in q
+    assert page.locator("#diff-legend .ramp-step").count() == 7
+    save_screenshot(page, "ui-diff.png")
+    page.problems.assert_clean()
+
+
+def test_clicking_a_finding_selects_its_range_and_shows_its_code(page, scenario, labels):
+    open_recording(page, scenario, labels)
+    t0, t1 = phase(labels, "host_bound")
+    events = scenario.get_json(f"/api/events?from={labels[0]['t0'] - 5}&to={labels[-1]['t1'] + 5}")["events"]
+    overlap = [(min(e["end"], t1) - max(e["start"], t0), e) for e in events]
+    ev = max(overlap, key=lambda x: x[0])[1]
+    assert ev["kind"] == "cpu_gpu_gap"
+    page.locator(".finding").filter(has_text=ev["summary"]).first.click()
+    page.wait_for_function(f"() => Math.abs(+document.getElementById('flame-view').dataset.from - {ev['start']}) < 0.01 "
+                           "&& document.getElementById('flame-view').dataset.state === 'ready'")
+    q = query_of(page)
+    assert q["event"] == [ev["id"]]
+    assert selection(page) == pytest.approx([ev["start"], ev["end"]], abs=1e-3)
+    assert hottest_functions(page)[0] == ev["top_frames"][0]["frame"]
+    assert page.locator(".finding.active").count() == 1
+
+    # one click from the finding to "this period versus the baseline"
+    page.locator(".finding.active").get_by_role("button", name="Compare with baseline").click()
+    wait_view(page, "diff")
+    base = [float(x) for x in query_of(page)["base"][0].split("-")]
+    assert base[1] <= ev["start"] + 1e-6, "the baseline is a period before the finding"
+    assert page.locator("#diff-table .change-row").count() > 0
+    save_screenshot(page, "ui-finding-compare.png")
+
+    # a finding's bar on the timeline opens it too
+    other = next(e for e in events if e["id"] != ev["id"])
+    geo = timeline_geometry(page)
+    page.mouse.click(time_to_x(geo, (other["start"] + other["end"]) / 2), _event_bar_y(page, geo, other))
+    page.wait_for_function(f"() => new URLSearchParams(location.search).get('event') === {json.dumps(other['id'])}")
+    page.problems.assert_clean()
+
+
+def _event_bar_y(page, geo, event) -> float:
+    """The y of ``event``'s bar: scan the findings lane with the pointer until its tooltip shows."""
+    lane = next(t for t in geo["layout"] if t["kind"] == "events")
+    x = time_to_x(geo, (event["start"] + event["end"]) / 2)
+    for dy in range(2, lane["h"], 3):
+        y = geo["y"] + lane["y"] + dy
+        page.mouse.move(x, y)
+        if event["summary"][:40] in tooltip_text(page):
+            return y
+    raise AssertionError(f"no bar for {event['id']} on the findings lane")
+
+
+def test_deep_links_restore_what_was_seen(page, scenario, labels):
+    h0, h1 = phase(labels, "host_bound")
+    b0, b1 = phase(labels, "healthy")
+    open_recording(page, scenario, labels, f"&sel={h0:.3f}-{h1:.3f}&base={b0:.3f}-{b1:.3f}&tab=diff&q=tokenize&orient=flame")
+    wait_view(page, "diff")
+    assert page.get_attribute("#tab-diff", "aria-selected") == "true"
+    assert page.text_content("#diff-table .change-row .fn-name") == "tokenize_slow_python"
+    page.click("#tab-flame")
+    wait_view(page, "flame")
+    assert page.input_value("#flame-search") == "tokenize"
+    assert "%" in page.text_content("#flame-search-result")
+    assert page.text_content("#f-orient").startswith("Flame")
+    assert "Selected" in page.text_content("#selection-text")
+
+    # a webhook's link names only the finding: the page finds its range itself
+    events = scenario.get_json(f"/api/events?from={labels[0]['t0'] - 5}&to={labels[-1]['t1'] + 5}")["events"]
+    ev = events[-1]
+    page.goto(f"{scenario.url}/?event={quote(ev['id'], safe='')}")
+    wait_timeline(page)
+    page.wait_for_function(f"() => Math.abs(+document.getElementById('flame-view').dataset.from - {ev['start']}) < 0.01")
+    assert selection(page) == pytest.approx([ev["start"], ev["end"]], abs=1e-3)
+    assert page.locator(".finding.active").count() == 1
+    save_screenshot(page, "ui-deep-link.png")
+    page.problems.assert_clean()
+
+
+def test_frame_names_are_rendered_as_text_and_run_nothing(page, synthetic):
+    page.goto(f"{synthetic.url}/?q={quote(HOSTILE_FRAME)}")
+    wait_timeline(page)
+    wait_view(page, "flame")
+    assert HOSTILE_FRAME in page.text_content("#findings-list")
+    assert "<script>alert(5)</script>" in page.text_content("#findings-list .evidence")
+    assert HOSTILE_FRAME in hottest_functions(page) or HOSTILE_UNICODE in hottest_functions(page)
+    assert page.input_value("#flame-search") == HOSTILE_FRAME
+    assert page.text_content("#flame-search-result").startswith("1 frame")
+    # the tooltip of the frame shows its name and file as they are
+    canvas = page.locator("#flame-canvas").bounding_box()
+    texts = []
+    for row in range(4):
+        page.mouse.move(canvas["x"] + 20, canvas["y"] + row * 18 + 9)
+        texts.append(tooltip_text(page))
+    assert any(t.startswith(HOSTILE_FRAME) and HOSTILE_FILE in t for t in texts), texts
+    assert any(t.startswith(HOSTILE_UNICODE) for t in texts), texts
+    page.mouse.move(canvas["x"] + 20, canvas["y"] + 2 * 18 + 9)
+    save_screenshot(page, "ui-hostile-names.png")
+    page.mouse.click(canvas["x"] + 20, canvas["y"] + 3 * 18 + 9)
+    assert HOSTILE_UNICODE in page.text_content("#flame-crumbs")
+    options = page.eval_on_selector_all("#f-tid option", "(els) => els.map((e) => e.textContent)")
+    assert any("<svg onload=alert(3)>" in o for o in options)
+    page.locator(".finding").first.click()
+    wait_view(page, "flame")
+    page.wait_for_timeout(300)
+    injected = page.evaluate("""() => ({imgs: document.querySelectorAll('img, svg, iframe').length,
+        handlers: document.querySelectorAll('[onerror], [onload]').length,
+        scripts: [...document.scripts].map((s) => s.src)})""")
+    assert injected["imgs"] == 0 and injected["handlers"] == 0, injected
+    assert all(src.endswith("/static/main.js") for src in injected["scripts"]), injected
+    page.problems.assert_clean()
+
+
+def test_missing_data_is_said_plainly(page, synthetic):
+    page.goto(synthetic.url + "/")
+    wait_timeline(page)
+    notes = page.text_content("#timeline-notes")
+    assert "No GPU data on this host" in notes
+    assert "No inference engine metrics" in notes
+    start = synthetic.facts["start"]
+    page.goto(f"{synthetic.url}/?from={start - 600}&to={start + 600}&sel={start - 500}-{start - 400}")
+    wait_view(page, "flame")
+    assert page.get_attribute("#flame-view", "data-state") == "empty"
+    assert "No samples in this range" in page.text_content("#flame-empty")
+    page.goto(f"{synthetic.url}/?from={start - 9000}&to={start - 8000}")
+    wait_timeline(page)
+    assert "No data in this range" in page.text_content("#timeline-notes")
+    save_screenshot(page, "ui-empty-states.png")
+    page.problems.assert_clean()
+
+
+def test_flame_graph_of_20000_frames_render_time(page, synthetic):
+    """Reports (prints) how long the browser takes; the figure is not asserted (shared, noisy machine)."""
+    page.goto(synthetic.url + "/")
+    wait_view(page, "flame")
+    nodes = int(page.get_attribute("#flame-canvas", "data-nodes"))
+    assert nodes >= 20_000
+    layout_ms = float(page.get_attribute("#flame-canvas", "data-layout-ms"))
+    redraws = []
+    for _ in range(7):
+        redraws.append(page.evaluate("""() => { const t = performance.now();
+            document.getElementById('f-orient').click(); return performance.now() - t; }"""))
+    draw_ms = [float(page.get_attribute("#flame-canvas", "data-render-ms"))]
+    first = page.evaluate("""async ([from, to]) => {
+        const { FlameGraph } = await import('/static/flame.js');
+        const { Tooltip } = await import('/static/tooltip.js');
+        const tree = await (await fetch(`/api/flamegraph?from=${from}&to=${to}`)).json();
+        const wrap = document.createElement('div');
+        wrap.className = 'canvas-wrap';
+        const canvas = document.createElement('canvas');
+        wrap.append(canvas);
+        document.body.append(wrap);
+        const t0 = performance.now();
+        const g = new FlameGraph(canvas, new Tooltip(document.getElementById('tooltip')));
+        const layout = g.setTree(tree);
+        const draw = g.render();
+        const total = performance.now() - t0;
+        wrap.remove();
+        return { layout, draw, total, nodes: g.n };
+    }""", [synthetic.facts["start"], synthetic.facts["end"]])
+    assert first["nodes"] == nodes
+    print(f"\nflame graph of {nodes} frames in chromium: first render {first['total']:.1f} ms "
+          f"(flatten {first['layout']:.1f} ms + draw {first['draw']:.1f} ms); "
+          f"in the page: flatten {layout_ms:.1f} ms, last draw {draw_ms[0]:.1f} ms; "
+          f"redraw on a click, median of {len(redraws)}: {statistics.median(redraws):.1f} ms")
+    save_screenshot(page, "ui-flame-20k.png")
+    page.problems.assert_clean()

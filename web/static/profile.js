@@ -1,0 +1,227 @@
+// The flame graph tab: filters, search, zoom breadcrumbs, the hottest functions and exports.
+import { download, getJson, Latest, saveBlob } from "./api.js";
+import { $, el, fmtNum, fmtPct, fmtTime, setChildren } from "./dom.js";
+import { FlameGraph } from "./flame.js";
+import { profileRange } from "./state.js";
+
+/** Self value per function (name, file) and its inclusive value counted once per stack. */
+export function hottest(tree, limit = 12) {
+  const byFn = new Map();
+  const walk = (node, open) => {
+    const key = `${node.name}\u0000${node.file || ""}`;
+    const kids = node.children || [];
+    const self = node.value - kids.reduce((s, c) => s + c.value, 0);
+    let entry = byFn.get(key);
+    if (!entry) {
+      entry = { name: node.name, file: node.file || "", line: node.line || 0, self: 0, total: 0 };
+      byFn.set(key, entry);
+    }
+    entry.self += Math.max(0, self);
+    const counted = open.has(key);
+    if (!counted) entry.total += node.value;
+    if (!counted) open.add(key);
+    for (const c of kids) walk(c, open);
+    if (!counted) open.delete(key);
+  };
+  for (const c of tree.children || []) walk(c, new Set());
+  return [...byFn.values()].filter((e) => e.self > 0).sort((a, b) => b.self - a.self).slice(0, limit);
+}
+
+export function filterParams(s) {
+  return { pid: s.pid, tid: s.tid, role: s.role, active: s.active, weight: s.weight,
+    gpu: s.weight === "gpu_idle" ? s.gpu : null };
+}
+
+export class FlamePanel {
+  constructor(store, tooltip) {
+    this.store = store;
+    this.view = $("flame-view");
+    this.latest = new Latest();
+    this.tree = null;
+    this.graph = new FlameGraph($("flame-canvas"), tooltip, {
+      describe: (node, info) => this.describe(node, info),
+      onFocus: (names) => this.store.set({ focus: names.length ? names : null }),
+    });
+    this.bindControls();
+  }
+
+  bindControls() {
+    const set = (key, parse) => (e) => this.store.set({ [key]: parse(e.target.value) });
+    const intOrNull = (v) => (v === "" ? null : Number(v));
+    $("f-pid").addEventListener("change", set("pid", intOrNull));
+    $("f-tid").addEventListener("change", set("tid", intOrNull));
+    $("f-role").addEventListener("change", set("role", (v) => v || null));
+    $("f-active").addEventListener("change", set("active", (v) => v || null));
+    $("f-weight").addEventListener("change", set("weight", (v) => v));
+    $("f-gpu").addEventListener("change", set("gpu", intOrNull));
+    $("f-orient").addEventListener("click", () => {
+      this.store.set({ orient: this.store.get().orient === "icicle" ? "flame" : "icicle" });
+    });
+    let timer = null;
+    $("flame-search").addEventListener("input", (e) => {
+      clearTimeout(timer);
+      timer = setTimeout(() => this.store.set({ q: e.target.value }), 120);
+    });
+    $("flame-reset").addEventListener("click", () => this.store.set({ focus: null }));
+    $("export-folded").addEventListener("click", () => this.exportFile("folded", "folded.txt"));
+    $("export-speedscope").addEventListener("click", () => this.exportFile("speedscope", "speedscope.json"));
+    $("export-png").addEventListener("click", async () => saveBlob(await this.graph.toBlob(), `${this.fileStem()}.png`));
+  }
+
+  fileStem() {
+    const [a, b] = this.loadedRange || profileRange(this.store.get());
+    return `infersight-${Math.floor(a)}-${Math.ceil(b)}`;
+  }
+
+  exportFile(format, suffix) {
+    const s = this.store.get();
+    const [from, to] = profileRange(s);
+    download("/api/flamegraph", { from, to, format, ...filterParams(s) }, `${this.fileStem()}.${suffix}`)
+      .catch((err) => this.setStatus("error", err.message));
+  }
+
+  /** Reload the threads (filter choices) and the profile for the current state. */
+  async load() {
+    const s = this.store.get();
+    const [from, to] = profileRange(s);
+    const signal = this.latest.next();
+    this.view.dataset.state = "loading";
+    try {
+      const [threads, tree] = await Promise.all([
+        getJson("/api/threads", { from, to }, signal),
+        getJson("/api/flamegraph", { from, to, ...filterParams(s) }, signal),
+      ]);
+      this.fillFilters(threads.threads, s);
+      this.show(tree, s, [from, to]);
+    } catch (err) {
+      if (err.name === "AbortError") return;
+      this.setStatus("error", `Could not load the flame graph: ${err.message}`);
+    }
+  }
+
+  setStatus(state, message) {
+    this.view.dataset.state = state;
+    const empty = $("flame-empty");
+    empty.hidden = !message;
+    setChildren(empty, message || "");
+    $("flame-body").hidden = Boolean(message);
+  }
+
+  show(tree, s, range) {
+    this.tree = tree;
+    this.loadedRange = range;
+    this.view.dataset.from = String(range[0]);
+    this.view.dataset.to = String(range[1]);
+    const unit = s.weight === "gpu_idle" ? "GPU-idle-weighted samples" : "samples";
+    setChildren($("flame-range"), `${fmtTime(range[0], true)} – ${fmtTime(range[1])}`,
+      el("span", { class: "muted" }, ` · ${fmtNum(tree.total)} ${unit}`));
+    if (!(tree.total > 0)) {
+      const why = s.weight === "gpu_idle"
+        ? "No samples in this range weigh anything: the GPU was busy the whole time, or no GPU data was stored."
+        : "No samples in this range. The sampler records only the serving processes it profiles while they run on the CPU; pick another range or clear the filters.";
+      this.graph.setTree({ name: "all", value: 0, children: [] });
+      this.setStatus("empty", why);
+      setChildren($("flame-hot"));
+      return;
+    }
+    this.setStatus("ready", null);
+    this.graph.setTree(tree);
+    this.graph.setOrientation(s.orient);
+    this.graph.setFocusNames(s.focus);
+    this.applySearch(s.q);
+    this.renderCrumbs();
+    this.renderHottest(tree);
+    setChildren($("flame-stats"), `${fmtNum(this.graph.n)} frames · drawn in ${Number(this.graph.canvas.dataset.renderMs).toFixed(1)} ms`);
+  }
+
+  /** React to state keys that need no new data. */
+  update(changed, s) {
+    if (changed.has("weight") || changed.has("gpu")) this.fillGpus(s);
+    if (changed.has("orient")) {
+      this.graph.setOrientation(s.orient);
+      $("f-orient").textContent = s.orient === "icicle" ? "Icicle ↓" : "Flame ↑";
+    }
+    if (changed.has("q")) this.applySearch(s.q);
+    if (changed.has("focus") && this.tree) {
+      const now = JSON.stringify(this.graph.focusNames());
+      if (now !== JSON.stringify(s.focus || [])) this.graph.setFocusNames(s.focus);
+      this.renderCrumbs();
+    }
+  }
+
+  applySearch(q) {
+    const input = $("flame-search");
+    if (input.value !== q && document.activeElement !== input) input.value = q;
+    const out = $("flame-search-result");
+    if (!this.tree || !(this.tree.total > 0)) return setChildren(out);
+    const r = this.graph.setSearch(q);
+    out.dataset.share = String(r.share);
+    if (!q) return setChildren(out);
+    if (!r.frames) return setChildren(out, "no matching frames");
+    return setChildren(out, `${r.frames} frame${r.frames === 1 ? "" : "s"} · `, el("strong", {}, fmtPct(r.share)), " of the total");
+  }
+
+  renderCrumbs() {
+    const chain = this.graph.focusChain();
+    const crumbs = chain.map((c, k) => el("button", { class: k === chain.length - 1 ? "crumb current" : "crumb", type: "button",
+      onclick: () => this.graph.setFocus(c.index) }, k === 0 ? "all" : c.name));
+    const joined = crumbs.flatMap((c, k) => (k ? [el("span", { class: "sep" }, "›"), c] : [c]));
+    if (chain.length > 1) setChildren($("flame-crumbs"), ...joined);
+    else setChildren($("flame-crumbs"), el("span", { class: "muted" }, "Click a frame to zoom into it, click it again to step back out."));
+    $("flame-reset").hidden = chain.length <= 1;
+  }
+
+  renderHottest(tree) {
+    const rows = hottest(tree).map((h) => el("tr", { class: "hot-row", title: "click to highlight in the flame graph",
+      onclick: () => this.store.set({ q: h.name }) },
+    el("td", { class: "fn" }, el("div", { class: "fn-name" }, h.name), el("div", { class: "fn-file" }, h.file ? `${h.file}:${h.line}` : "")),
+    el("td", { class: "num" }, fmtPct(h.self / tree.total)), el("td", { class: "num muted" }, fmtPct(h.total / tree.total))));
+    setChildren($("flame-hot"), ...rows);
+  }
+
+  fillFilters(threads, s) {
+    const pids = new Map();
+    const roles = new Set();
+    for (const t of threads) {
+      pids.set(t.pid, t.role);
+      roles.add(t.role);
+    }
+    options($("f-pid"), [["", "all processes"], ...[...pids].map(([pid, role]) => [String(pid), `${pid} · ${role}`])], s.pid);
+    options($("f-role"), [["", "all roles"], ...[...roles].sort().map((r) => [r, r])], s.role);
+    const shown = threads.filter((t) => s.pid === null || t.pid === s.pid).slice(0, 300);
+    options($("f-tid"), [["", "all threads"], ...shown.map((t) => [String(t.tid), `${t.name || "?"} (${t.tid}) · ${fmtNum(t.samples)}`])], s.tid);
+    $("f-active").value = s.active || "";
+    $("f-weight").value = s.weight;
+    this.fillGpus(s);
+  }
+
+  /** The GPUs the timeline knows; the choice matters only when weighting by GPU idle time. */
+  setGpus(gpus) {
+    this.gpus = gpus;
+    this.fillGpus(this.store.get());
+  }
+
+  fillGpus(s) {
+    const select = $("f-gpu");
+    select.hidden = s.weight !== "gpu_idle";
+    options(select, [["", "idle of all GPUs (mean)"], ...(this.gpus || []).map((g) => [String(g.gpu), `idle of GPU ${g.gpu}`])], s.gpu);
+  }
+
+  describe(node, info) {
+    const unit = this.store.get().weight === "gpu_idle" ? "weight" : "samples";
+    return [el("div", { class: "tt-title mono" }, node.name),
+      node.file ? el("div", { class: "tt-muted mono" }, `${node.file}:${node.line}`) : null,
+      el("div", { class: "tt-row" }, el("span", { class: "tt-label" }, unit), el("span", { class: "tt-value" }, fmtNum(info.value))),
+      el("div", { class: "tt-row" }, el("span", { class: "tt-label" }, "of total"), el("span", { class: "tt-value" }, fmtPct(info.value / info.total))),
+      el("div", { class: "tt-row" }, el("span", { class: "tt-label" }, "of parent"), el("span", { class: "tt-value" }, fmtPct(info.value / info.parentValue))),
+      el("div", { class: "tt-muted" }, "click to zoom")];
+  }
+}
+
+/** Replace a <select>'s options; keep ``current`` selectable even when not in the list. */
+function options(select, pairs, current) {
+  const want = current === null || current === undefined ? "" : String(current);
+  if (!pairs.some(([v]) => v === want)) pairs.push([want, `${want} (no samples here)`]);
+  setChildren(select, ...pairs.map(([v, label]) => el("option", { value: v }, label)));
+  select.value = want;
+}
