@@ -22,6 +22,7 @@ CLASS_HORIZON_S = 300.0         # the newest window must end within this of now 
 SINCE_HORIZON_S = 6 * 3600.0    # how far back "since when" looks for the last change of class
 LATE_WINDOW_S = 900.0           # py-spy sampling stats arriving up to this late are still counted
 EVENT_ID_KEEP_S = 6 * 3600.0    # an event id not updated for this long is forgotten (bounded memory)
+WINDOW_SKEW_S = 2 * 3600.0      # > one analysis step (analyzer.MAX_CATCH_UP_S): see Counters._windows
 
 
 @dataclass
@@ -150,6 +151,10 @@ class Counters:
 
     def _windows(self, cur) -> None:
         marks = self._window_marks
+        # a plain lower bound lets DuckDB skip old row groups by their min/max. A GPU without a
+        # mark yet (one the analysis wrote after another GPU of the same step) has no window
+        # older than the others' marks minus one analysis step (at most an hour of catch-up)
+        floor = min(marks.values()) - WINDOW_SKEW_S if marks else float("-inf")
         gap = ", ".join(f"'{c}'" for c in GAP_CLASSES)
         rows = cur.execute(f"""
             SELECT w.gpu, w.klass, sum(w."end" - w.start), max(w."end"),
@@ -157,8 +162,8 @@ class Counters:
                             THEN w."end" - w.start ELSE 0 END)
             FROM windows w LEFT JOIN (SELECT unnest(?::INTEGER[]) AS gpu, unnest(?::DOUBLE[]) AS mark) m
                  ON m.gpu = w.gpu
-            WHERE w.start >= coalesce(m.mark, '-infinity'::DOUBLE)
-            GROUP BY 1, 2""", [list(marks), list(marks.values())]).fetchall()
+            WHERE w.start >= ? AND w.start >= coalesce(m.mark, '-infinity'::DOUBLE)
+            GROUP BY 1, 2""", [list(marks), list(marks.values()), floor]).fetchall()
         v = self._values
         new_marks: dict[int, float] = {}
         for gpu, klass, seconds, end, gap_s in rows:

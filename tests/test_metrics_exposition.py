@@ -284,3 +284,22 @@ async def test_a_read_only_store_without_agent_serves_gpu_metrics(tmp_path, aioh
         assert not [k for k in samples if k[0].startswith(("infersight_collector_", "infersight_storage_rows"))]
     finally:
         ro.close()
+
+
+async def test_a_gpu_written_after_a_scrape_of_the_same_step_is_counted(setup):
+    """The analysis writes one step GPU by GPU; a scrape between two writes must not lose the
+    second GPU's windows (they are older than the first GPU's newest window)."""
+    client, store, now = setup
+    await scrape(client)
+    store.submit(Batch("analysis", now, windows=windows(0, now, ["stall"] * 4, {"waiting": 2.0})))
+    store.flush()
+    _, between = await scrape(client)
+    store.submit(Batch("analysis", now, windows=windows(1, now - 10, ["stall"] * 14, {"waiting": 2.0})
+                       + windows(3, now - 30, ["idle"] * 14)))  # a GPU new to the analysis
+    store.flush()
+    _, after = await scrape(client)
+    stall = lambda s, i: value(s, "infersight_gpu_class_seconds_total", **gpu(i), **{"class": "stall"})  # noqa: E731
+    assert stall(between, 0) == 4 and stall(between, 1) is None
+    assert stall(after, 0) == 4 and stall(after, 1) == 14
+    assert value(after, "infersight_gpu_class_seconds_total", **gpu(3), **{"class": "idle"}) == 14
+    assert value(after, "infersight_gpu_gap_seconds_total", **gpu(1)) == 14
