@@ -270,8 +270,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         store = Store.open(db, read_only=True)
     except StoreError as exc:
-        print(f"infersight export: {exc} (while the agent runs it holds the file: enable [export] in its "
-              "config, or stop it first)", file=sys.stderr)
+        hint = (" (a running agent holds the file: enable [export] in its config, or stop it first)"
+                if "lock" in str(exc).lower() else "")
+        print(f"infersight export: {exc}{hint}", file=sys.stderr)
         return 1
     try:
         results = store.read_sync(export_range, Path(args.out), host, t_from, t_to)

@@ -251,3 +251,11 @@ def test_export_directory_defaults_next_to_the_database(make_config, tmp_path):
     assert ex.parse_time("2024-05-01T15:00:00+02:00") == 1714568400.0
     assert math.isclose(ex.parse_time("1714568400.5"), 1714568400.5)
     assert os.sep not in ex.partition_value("../../etc")
+
+
+def test_cli_missing_database_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "infersight.daemon.cli", "export", "--db", str(tmp_path / "no.duckdb"),
+                           "--out", str(tmp_path / "o"), "--from", "0", "--to", "3600"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("infersight export: cannot open") and "enable [export]" not in proc.stderr
