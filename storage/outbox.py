@@ -86,7 +86,7 @@ def give_up(con, message_id: int, now: float, error: str, attempted: bool) -> No
 
 def give_up_older(con, created_before: float, now: float) -> list[dict[str, Any]]:
     """Abandon every pending message created before ``created_before``; returns them (id,
-    target, attempts, last_error as they were), oldest first."""
+    target, attempts and the recorded reason, "gave up after N attempts: <last error>"), oldest first."""
     rows = con.execute("""
         UPDATE outbox SET status = 'given_up', done_at = ?, next_attempt = NULL,
             last_error = 'gave up after ' || attempts || ' attempts: ' || coalesce(last_error, 'never attempted')

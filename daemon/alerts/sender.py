@@ -64,7 +64,8 @@ class Redactor:
                        parts.netloc.rpartition("@")[0], parts.path + ("?" + parts.query if parts.query else "")}
         except ValueError:
             pass
-        pieces |= {urllib.parse.unquote(p) for p in list(pieces)} | {urllib.parse.quote(p) for p in list(pieces)}
+        pieces |= {urllib.parse.unquote(p) for p in list(pieces)}
+        pieces |= {urllib.parse.quote(p, safe=safe) for p in list(pieces) for safe in ("/", "")}
         # a piece of a few characters ("/" or "/x") would shred ordinary words
         self._pieces = sorted((p for p in pieces if p and len(p) >= 4), key=len, reverse=True)
 
