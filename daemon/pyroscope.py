@@ -25,7 +25,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable

@@ -25,7 +25,8 @@ def group_profiles(cur, t_from: float, t_to: float, *, active: bool = True) -> l
     extra = ""
     if active:
         extra = " AND s.active"
-    rows = cur.execute(f"""SELECT DISTINCT s.target, g.role, g.gpus FROM stack_samples s JOIN targets g ON g.id = s.target
+    rows = cur.execute(f"""SELECT DISTINCT s.target, g.role, g.gpus
+                          FROM stack_samples s JOIN targets g ON g.id = s.target
                           WHERE s.bucket >= ? AND s.bucket < ?{extra}""", params).fetchall()
     groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
     for target, role, gpus in rows:
