@@ -249,6 +249,9 @@ async def test_500_then_429_then_200_delivers_once(make_config, receiver, captur
     assert len({r["body"] for r in requests}) == 1
     assert len({r["headers"]["X-Infersight-Delivery"] for r in requests}) == 1
     assert requests[2]["t"] - requests[1]["t"] >= 1.0  # Retry-After: 1 was honoured
+    # no web.external_url and web.listen on port 0: the link names the address really bound
+    assert json.loads(requests[2]["body"])["link"].startswith(daemon.site_url + "/#from=")
+    assert not daemon.site_url.endswith(":0")
     store = Store.open(config.storage.path, read_only=True)
     try:
         (row,) = store.read_sync(q_outbox.messages)

@@ -40,7 +40,8 @@ class AlertsComponent:
                  clock: Callable[[], float] = time.time, rng: Callable[[], float] = random.random) -> None:
         self.cfg = config.alerts
         self.targets = {w.name: w for w in self.cfg.webhooks}
-        self.base_url = formats.base_url(config.web.external_url, config.web.listen)
+        self.external_url = config.web.external_url
+        self.listen: Callable[[], str] = lambda: config.web.listen
         self.outbox = Outbox(store)
         self.sender = sender or Sender(self.cfg.timeout_s, clock)
         self.clock = clock
@@ -62,6 +63,8 @@ class AlertsComponent:
     def for_daemon(cls, daemon: Any) -> "AlertsComponent":
         """The component of a running Daemon, following its analyzer when one runs."""
         component = cls(daemon.config, daemon.agent.store)
+        # links name the address the web server really bound (web.listen may say port 0)
+        component.listen = lambda: (daemon.site_url or "").partition("://")[2] or daemon.config.web.listen
         analyzer = daemon.agent.extras.get("analysis")
         if analyzer is not None:
             component.follow(analyzer)
@@ -120,13 +123,14 @@ class AlertsComponent:
         if not decision:
             return 0
         messages = []
+        base = formats.base_url(self.external_url, self.listen())
         for notice in decision.notices:
             target = self.targets[notice.key.target]
             g, ev = notice.group, notice.group.event
             start, end = min(g.first_start, ev["start"]), max(g.last_end, ev["end"])
             messages.append((target.name, target.format, formats.Message(
                 state=notice.state, event=ev, span_start=g.first_start, span_end=g.last_end,
-                occurrences=g.occurrences, link=formats.ui_link(self.base_url, start, end, ev.get("gpu"), ev["id"]),
+                occurrences=g.occurrences, link=formats.ui_link(base, start, end, ev.get("gpu"), ev["id"]),
                 created=now, delivery=new_delivery_id())))
         await self.outbox.commit(decision, messages, now)
         self.grouper.apply(decision)
