@@ -18,11 +18,13 @@ from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from ..storage import retention
+from ..storage.events import upsert_events
 from ..storage.store import Store
 from .collectors import build_collectors
 from .collectors.base import Collector
 from .config import Config
 from .logfmt import kv
+from .model import Batch
 from .runner import Runner
 from .sdnotify import Notifier
 
@@ -59,11 +61,32 @@ class Daemon:
         self.agent: Agent | None = None
         self.site_url: str | None = None
         self.ready = asyncio.Event()
+        self._event_tasks: set[asyncio.Task] = set()
         self._stopping = False
         self._inflight: set[asyncio.Task] = set()
 
     def request_stop(self) -> None:
         self._stop.set()
+
+    def _sink(self, batch: Batch) -> bool:
+        """Store a collector batch. Its findings (XID, lost GPU) take the never-dropped write
+        path and go to the alerts; the samples may be dropped under pressure."""
+        if batch.events:
+            events, batch.events = batch.events, []
+            task = asyncio.get_running_loop().create_task(self._store_events(events))
+            self._event_tasks.add(task)
+            task.add_done_callback(self._event_tasks.discard)
+        return self.agent.store.submit(batch) if batch.row_count() else True
+
+    async def _store_events(self, events: list) -> None:
+        try:
+            await self.agent.store.write(upsert_events, events)
+        except Exception as exc:
+            log.error("event=events_write_failed count=%d error=%s", len(events), kv(exc))
+            return
+        alerts = self.agent.extras.get("alerts")
+        if alerts is not None:
+            await alerts.submit(events)
 
     async def run(self) -> int:
         """Run until a stop signal; returns the process exit code."""
@@ -71,7 +94,7 @@ class Daemon:
         store = Store.open(cfg.storage.path, host=cfg.host, queue_max_batches=cfg.storage.queue_max_batches,
                            flush_interval_s=cfg.storage.flush_interval_s)
         collectors = build_collectors(cfg) + self._extra_collectors
-        runner = Runner(collectors, store.submit)
+        runner = Runner(collectors, self._sink)
         self.agent = agent = Agent(cfg, store, runner)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -167,6 +190,8 @@ class Daemon:
                     await _bounded(component.close(), deadline)
                 except Exception as exc:
                     log.warning("event=component_close_failed component=%s error=%s", component.name, kv(exc))
+        if self._event_tasks:  # findings handed over by collectors are written before closing
+            await asyncio.wait(set(self._event_tasks), timeout=max(0.1, deadline - time.monotonic()))
         await asyncio.to_thread(store.close)
         log.info("event=stopped")
 
