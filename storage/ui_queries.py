@@ -14,6 +14,9 @@ MAX_RUNS = 100_000
 # Two windows touch when the next starts within this many seconds of the previous end
 # (analysis windows are 1 s and share their bounds; a gap longer than this breaks a run).
 RUN_JOIN_S = 0.05
+# How far before the range a run that is still going at its start is followed back, so
+# "host-bound since 09:12" is true for views shorter than the run (at most this long).
+RUN_LOOKBACK_S = 6 * 3600.0
 
 
 def gpu_activity(cur, t_from: float, t_to: float, step: float) -> dict[int, dict[str, list[list[float | None]]]]:
@@ -43,8 +46,12 @@ def gpu_activity(cur, t_from: float, t_to: float, step: float) -> dict[int, dict
 
 
 def class_runs(cur, t_from: float, t_to: float) -> dict[int, list[list]]:
-    """``{gpu: [[start, end, class], ...]}``: analysis windows overlapping [t_from, t_to),
-    consecutive windows of one class merged (gaps-and-islands), oldest first."""
+    """``{gpu: [[start, end, class], ...]}``: runs of consecutive analysis windows of one
+    class (gaps-and-islands) that overlap [t_from, t_to), oldest first.
+
+    A run ends with the last window starting before ``t_to``; a run going on at ``t_from``
+    keeps its true start, looked for at most RUN_LOOKBACK_S back.
+    """
     rows = cur.execute(f"""
         WITH w AS (
             SELECT gpu, start, "end", klass,
@@ -54,7 +61,8 @@ def class_runs(cur, t_from: float, t_to: float) -> dict[int, list[list]]:
             FROM windows WHERE "end" > ? AND start < ?),
         g AS (SELECT *, sum(brk) OVER (PARTITION BY gpu ORDER BY start ROWS UNBOUNDED PRECEDING) AS run FROM w)
         SELECT gpu, min(start), max("end"), any_value(klass) FROM g
-        GROUP BY gpu, run ORDER BY gpu, 2 LIMIT {MAX_RUNS}""", [t_from, t_to]).fetchall()
+        GROUP BY gpu, run HAVING max("end") > ? ORDER BY gpu, 2 LIMIT {MAX_RUNS}""",
+                       [t_from - RUN_LOOKBACK_S, t_to, t_from]).fetchall()
     out: dict[int, list[list]] = {}
     for gpu, start, end, klass in rows:
         out.setdefault(int(gpu), []).append([float(start), float(end), klass])

@@ -54,7 +54,9 @@ def synthetic(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API keeps its event loop marked as running
+# while it is started, which would break every asyncio test collected after this module.
+@pytest.fixture(scope="module")
 def browser():
     executable = chromium_path()
     with sync_playwright() as pw:
@@ -274,6 +276,31 @@ def test_deep_links_restore_what_was_seen(page, scenario, labels):
     assert selection(page) == pytest.approx([ev["start"], ev["end"]], abs=1e-3)
     assert page.locator(".finding.active").count() == 1
     save_screenshot(page, "ui-deep-link.png")
+    page.problems.assert_clean()
+
+
+def test_exports_of_the_selected_range(page, scenario, labels):
+    t0, t1 = phase(labels, "host_bound")
+    open_recording(page, scenario, labels, f"&sel={t0:.3f}-{t1:.3f}")
+    wait_view(page, "flame")
+    files = {}
+    for button in ("export-folded", "export-speedscope", "export-png"):
+        with page.expect_download() as download:
+            page.click(f"#{button}")
+        files[button] = (download.value.suggested_filename, Path(download.value.path()).read_bytes())
+    name, folded = files["export-folded"]
+    assert name.endswith(".folded.txt")
+    lines = folded.decode().splitlines()
+    assert lines and all(line.rsplit(" ", 1)[1].replace(".", "").isdigit() for line in lines)
+    assert lines[0].split(";")[-1].startswith("tokenize_slow_python"), "the heaviest stack comes first"
+    name, speedscope = files["export-speedscope"]
+    doc = json.loads(speedscope)
+    assert name.endswith(".speedscope.json") and doc["profiles"][0]["type"] == "sampled"
+    assert "tokenize_slow_python" in {f["name"] for f in doc["shared"]["frames"]}
+    name, png = files["export-png"]
+    assert name.endswith(".png") and png[:8] == b"\x89PNG\r\n\x1a\n"
+    width = int.from_bytes(png[16:20], "big")
+    assert width == page.eval_on_selector("#flame-canvas", "(c) => c.width")
     page.problems.assert_clean()
 
 

@@ -41,6 +41,14 @@ export class FindingsPanel {
   }
 
   render(events, activeId, extentKnown) {
+    // auto-refresh re-renders every few seconds: keep the reader's place when nothing changed
+    const signature = JSON.stringify(events.map((e) => [e.id, e.updated, e.end]));
+    if (signature === this.signature && this.list.childElementCount) {
+      this.markActive(activeId);
+      return;
+    }
+    this.signature = signature;
+    const scroll = this.list.scrollTop;
     setChildren($("findings-count"), events.length ? String(events.length) : "");
     if (!events.length) {
       setChildren(this.list, el("p", { class: "empty-note" }, extentKnown
@@ -49,6 +57,7 @@ export class FindingsPanel {
       return;
     }
     setChildren(this.list, ...events.map((ev) => this.card(ev, ev.id === activeId)));
+    this.list.scrollTop = scroll;
     if (activeId) this.markActive(activeId);
   }
 

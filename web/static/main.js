@@ -198,6 +198,7 @@ store.subscribe((changed, s) => {
     setUtc(s.tz === "utc");
     if (data) {
       timeline.render();
+      findings.signature = null;
       findings.render(events, s.event, true);
       renderSummary($("gpu-status"), $("legend"), data, ...viewRange(s));
     }
