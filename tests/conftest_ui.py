@@ -6,7 +6,8 @@
   process and a finding named like markup (``<img src=x onerror=alert(1)>``, quotes,
   unicode), and no GPU or engine data at all.
 - Page helpers that turn times into timeline pixels through the data the timeline publishes
-  (``data-view-from``/``-to``, ``data-plot-left``/``-right``, ``data-layout``).
+  (``data-view-from``/``-to``, ``data-plot-left``/``-right``, ``data-layout``), read the
+  state back from the URL, and collect dialogs and script errors (:class:`PageProblems`).
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
@@ -221,11 +222,73 @@ def save_screenshot(page, name: str) -> Path:
     return path
 
 
-def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
+class PageProblems:
+    """Dialogs, uncaught errors and console errors seen by a page."""
+
+    def __init__(self, page) -> None:
+        self.dialogs: list[str] = []
+        self.errors: list[str] = []
+        page.on("dialog", self._dialog)
+        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
+        page.on("console", lambda msg: self.errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+
+    def _dialog(self, dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+    def assert_clean(self) -> None:
+        assert not self.dialogs, f"the page opened dialogs: {self.dialogs}"
+        assert not self.errors, f"the page reported errors: {self.errors}"
+
+
+def phase(labels: list[dict], name: str) -> tuple[float, float]:
+    """The first labelled phase ``name`` without its transition seconds."""
+    row = next(r for r in labels if r["phase"] == name)
+    return row["t0"] + 1.0, row["t1"] - 1.0
+
+
+def open_recording(page, server, labels, extra: str = "") -> None:
+    start, end = labels[0]["t0"] - 2, labels[-1]["t1"] + 2
+    page.goto(f"{server.url}/?from={start:.3f}&to={end:.3f}{extra}")
+    wait_timeline(page)
+
+
+def hottest_functions(page) -> list[str]:
+    return page.eval_on_selector_all("#flame-hot .hot-row .fn-name", "(els) => els.map((e) => e.textContent)")
+
+
+def query_of(page) -> dict[str, list[str]]:
+    """The page's state as its address bar holds it now (read in the page: page.url can lag
+    behind history.replaceState)."""
+    return parse_qs(page.evaluate("() => location.search").lstrip("?"))
+
+
+def selection(page) -> list[float]:
+    return [float(x) for x in query_of(page)["sel"][0].split("-")]
+
+
+def matched_share(tree: dict, text: str) -> float:
+    """Share of the total under frames whose name or file contains ``text`` (outermost match)."""
+    def walk(node: dict) -> float:
+        if text in node["name"].lower() or text in (node.get("file") or "").lower():
+            return node["value"]
+        return sum(walk(c) for c in node["children"])
+
+    return sum(walk(c) for c in tree["children"]) / tree["value"]
+
+
+def event_bar_y(page, geo, event) -> float:
+    """The y of ``event``'s bar: scan the findings lane with the pointer until its tooltip shows."""
+    lane = next(t for t in geo["layout"] if t["kind"] == "events")
+    x = time_to_x(geo, (event["start"] + event["end"]) / 2)
+    for dy in range(2, lane["h"], 3):
+        y = geo["y"] + lane["y"] + dy
+        page.mouse.move(x, y)
+        if event["summary"][:40] in tooltip_text(page):
+            return y
+    raise AssertionError(f"no bar for {event['id']} on the findings lane")
+
+
+def view_of(page) -> tuple[float, float]:
+    q = query_of(page)
+    return float(q["from"][0]), float(q["to"][0])

@@ -12,14 +12,15 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urlparse
+from urllib.parse import quote
 
 import pytest
 
-from conftest_ui import (CHROMIUM_ARGS, HOSTILE_FILE, HOSTILE_FRAME, HOSTILE_UNICODE, ServeProcess,
-                         build_synthetic_store, chromium_path, drag_select, replay_into, save_screenshot,
-                         sync_playwright, time_to_x, timeline_geometry, tooltip_text, track_y, wait_timeline,
-                         wait_view)
+from conftest_ui import (CHROMIUM_ARGS, HOSTILE_FILE, HOSTILE_FRAME, HOSTILE_UNICODE, PageProblems, ServeProcess,
+                         build_synthetic_store, chromium_path, drag_select, event_bar_y, hottest_functions,
+                         matched_share, open_recording, phase, query_of, replay_into, save_screenshot, selection,
+                         sync_playwright, time_to_x, timeline_geometry, tooltip_text, track_y, view_of,
+                         wait_timeline, wait_view)
 
 pytestmark = pytest.mark.browser
 
@@ -65,25 +66,6 @@ def browser():
         b.close()
 
 
-class PageProblems:
-    """Dialogs, uncaught errors and console errors seen by a page."""
-
-    def __init__(self, page) -> None:
-        self.dialogs: list[str] = []
-        self.errors: list[str] = []
-        page.on("dialog", self._dialog)
-        page.on("pageerror", lambda exc: self.errors.append(f"pageerror: {exc}"))
-        page.on("console", lambda msg: self.errors.append(f"console: {msg.text}") if msg.type == "error" else None)
-
-    def _dialog(self, dialog) -> None:
-        self.dialogs.append(f"{dialog.type}: {dialog.message}")
-        dialog.dismiss()
-
-    def assert_clean(self) -> None:
-        assert not self.dialogs, f"the page opened dialogs: {self.dialogs}"
-        assert not self.errors, f"the page reported errors: {self.errors}"
-
-
 @pytest.fixture
 def page(browser):
     context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
@@ -91,30 +73,6 @@ def page(browser):
     pg.problems = PageProblems(pg)
     yield pg
     context.close()
-
-
-def phase(labels: list[dict], name: str) -> tuple[float, float]:
-    """The first labelled phase ``name`` without its transition seconds."""
-    row = next(r for r in labels if r["phase"] == name)
-    return row["t0"] + 1.0, row["t1"] - 1.0
-
-
-def open_recording(page, server, labels, extra: str = "") -> None:
-    start, end = labels[0]["t0"] - 2, labels[-1]["t1"] + 2
-    page.goto(f"{server.url}/?from={start:.3f}&to={end:.3f}{extra}")
-    wait_timeline(page)
-
-
-def hottest_functions(page) -> list[str]:
-    return page.eval_on_selector_all("#flame-hot .hot-row .fn-name", "(els) => els.map((e) => e.textContent)")
-
-
-def query_of(page) -> dict[str, list[str]]:
-    return parse_qs(urlparse(page.url).query)
-
-
-def selection(page) -> list[float]:
-    return [float(x) for x in query_of(page)["sel"][0].split("-")]
 
 
 def test_timeline_shows_the_class_of_every_phase(page, scenario, labels):
@@ -172,21 +130,11 @@ def test_selecting_the_host_bound_phase_shows_the_culprit(page, scenario, labels
     page.wait_for_function("() => document.getElementById('flame-search-result').textContent.includes('%')")
     shown = float(page.get_attribute("#flame-search-result", "data-share"))
     tree = scenario.get_json(f"/api/flamegraph?from={t0}&to={t1}")
-    assert shown == pytest.approx(_matched_share(tree, "tokenize"), abs=1e-9)
+    assert shown == pytest.approx(matched_share(tree, "tokenize"), abs=1e-9)
     assert shown > 0.5, "the slow tokenizer is most of the host-bound phase's samples"
     assert query_of(page)["q"] == ["tokenize"]
     save_screenshot(page, "ui-flame-host-bound.png")
     page.problems.assert_clean()
-
-
-def _matched_share(tree: dict, text: str) -> float:
-    """Share of the total under frames whose name or file contains ``text`` (outermost match)."""
-    def walk(node: dict) -> float:
-        if text in node["name"].lower() or text in (node.get("file") or "").lower():
-            return node["value"]
-        return sum(walk(c) for c in node["children"])
-
-    return sum(walk(c) for c in tree["children"]) / tree["value"]
 
 
 def test_diff_of_the_healthy_and_host_bound_phases(page, scenario, labels):
@@ -236,21 +184,9 @@ def test_clicking_a_finding_selects_its_range_and_shows_its_code(page, scenario,
     # a finding's bar on the timeline opens it too
     other = next(e for e in events if e["id"] != ev["id"])
     geo = timeline_geometry(page)
-    page.mouse.click(time_to_x(geo, (other["start"] + other["end"]) / 2), _event_bar_y(page, geo, other))
+    page.mouse.click(time_to_x(geo, (other["start"] + other["end"]) / 2), event_bar_y(page, geo, other))
     page.wait_for_function(f"() => new URLSearchParams(location.search).get('event') === {json.dumps(other['id'])}")
     page.problems.assert_clean()
-
-
-def _event_bar_y(page, geo, event) -> float:
-    """The y of ``event``'s bar: scan the findings lane with the pointer until its tooltip shows."""
-    lane = next(t for t in geo["layout"] if t["kind"] == "events")
-    x = time_to_x(geo, (event["start"] + event["end"]) / 2)
-    for dy in range(2, lane["h"], 3):
-        y = geo["y"] + lane["y"] + dy
-        page.mouse.move(x, y)
-        if event["summary"][:40] in tooltip_text(page):
-            return y
-    raise AssertionError(f"no bar for {event['id']} on the findings lane")
 
 
 def test_deep_links_restore_what_was_seen(page, scenario, labels):
@@ -276,6 +212,69 @@ def test_deep_links_restore_what_was_seen(page, scenario, labels):
     assert selection(page) == pytest.approx([ev["start"], ev["end"]], abs=1e-3)
     assert page.locator(".finding.active").count() == 1
     save_screenshot(page, "ui-deep-link.png")
+    page.problems.assert_clean()
+
+
+def test_zoom_pan_presets_and_class_band_clicks(page, scenario, labels):
+    open_recording(page, scenario, labels)
+    f0, t0 = view_of(page)
+    page.click("#zoom-in")
+    f1, t1 = view_of(page)
+    assert t1 - f1 == pytest.approx((t0 - f0) / 2, rel=1e-3)
+    assert (f1 + t1) / 2 == pytest.approx((f0 + t0) / 2, abs=0.01)
+    wait_timeline(page)
+    assert float(page.get_attribute("#timeline", "data-view-from")) == pytest.approx(f1, abs=1e-3)
+
+    # shift+drag pans: dragging right by a quarter of the plot shows earlier data
+    geo = timeline_geometry(page)
+    y = track_y(geo, "activity", 0)
+    x0 = geo["x"] + (geo["left"] + geo["right"]) / 2
+    quarter = (geo["right"] - geo["left"]) / 4
+    page.keyboard.down("Shift")
+    page.mouse.move(x0, y)
+    page.mouse.down()
+    page.mouse.move(x0 + quarter / 2, y)
+    page.mouse.move(x0 + quarter, y)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    f2, t2 = view_of(page)
+    assert f2 == pytest.approx(f1 - (t1 - f1) / 4, abs=0.05) and t2 - f2 == pytest.approx(t1 - f1, abs=0.01)
+    assert "sel" not in query_of(page), "a pan selects nothing"
+
+    # ctrl+wheel zooms out around the pointer
+    wait_timeline(page)
+    page.mouse.move(x0, y)
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, 100)
+    page.keyboard.up("Control")
+    page.wait_for_function(f"() => +new URLSearchParams(location.search).get('to') - "
+                           f"+new URLSearchParams(location.search).get('from') > {t2 - f2 + 1}")
+
+    # a click on the class band selects that stretch of one class
+    open_recording(page, scenario, labels)
+    geo = timeline_geometry(page)
+    h0, h1 = phase(labels, "host_bound")
+    page.mouse.click(time_to_x(geo, (h0 + h1) / 2), track_y(geo, "classes", 0))
+    sel = selection(page)
+    runs = scenario.get_json(f"/api/windows?from={sel[0]}&to={sel[1]}&gpu=0")["windows"]
+    assert {w["class"] for w in runs} == {"host_bound"} and sel[0] <= (h0 + h1) / 2 <= sel[1]
+
+    page.click("#presets [data-preset='5m']")
+    assert query_of(page)["live"] == ["5m"] and "from" not in query_of(page)
+    assert page.get_attribute("#presets [data-preset='5m']", "aria-pressed") == "true"
+    page.click("#presets [data-preset='all']")
+    wait_timeline(page)
+    extent = scenario.get_json("/api/range")
+    f, t = view_of(page)
+    assert f <= extent["from"] and t >= extent["to"]
+    page.click("#presets [data-preset='custom']")
+    page.fill("#custom-from", "2020-01-02T03:04:05")
+    page.fill("#custom-to", "2020-01-02T04:04:05")
+    page.click("#custom-form button[type=submit]")
+    f, t = view_of(page)
+    assert t - f == 3600
+    wait_timeline(page)
+    assert "No data in this range" in page.text_content("#timeline-notes")
     page.problems.assert_clean()
 
 

@@ -68,7 +68,6 @@ export function renderHeader(s, extent) {
   $("tz").textContent = s.tz === "utc" ? "UTC" : `Local (${tzLabel()})`;
   const [from, to] = viewRange(s);
   setChildren($("view-range"), `${fmtTime(from, true)} – ${fmtTime(to, to - from > 86400)} · ${fmtDur(to - from)}`);
-  if (!$("custom-form").hidden) fillCustom(s);
 }
 
 /** The selection bar: what is selected, its classes, and what can be done with it. */

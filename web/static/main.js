@@ -70,6 +70,7 @@ function openEvent(ev, tab, history = "push") {
 }
 
 function scheduleTimeline(delay = 120) {
+  $("timeline").dataset.state = "loading";   // what is drawn is for another range until the load lands
   clearTimeout(timelineTimer);
   timelineTimer = setTimeout(loadTimeline, delay);
 }
@@ -89,7 +90,7 @@ async function loadTimeline() {
     extent = tl.extent;
     events = ev.events;
     banner(null);
-    timeline.view = [from, to];
+    // the view is the timeline's own (it may be mid-drag): only the data is replaced
     timeline.setData(tl, events);
     renderSummary($("gpu-status"), $("legend"), tl, from, to);
     flame.setGpus(tl.gpus);
