@@ -262,6 +262,24 @@ async def test_discovery_probes_each_port_once_and_forgets_gone_processes():
     assert gone == [] and after == []
 
 
+async def test_collect_discovers_endpoints_of_the_engine_processes_it_is_given():
+    engine = await serve({"/metrics": text_handler(VLLM_TEXT)})
+    url = f"http://127.0.0.1:{engine.port}/metrics"
+    pids: list[int] = []
+    collector = EngineCollector(config(autodiscover=True), "host", engine_pids=lambda: pids, discover_every_s=5)
+    try:
+        empty = await collector.collect(0.0)
+        pids.append(os.getpid())
+        soon = await collector.collect(1.0)          # within discover_every_s: not probed yet
+        later = await collector.collect(6.0)
+    finally:
+        await collector.close()
+        await engine.close()
+    assert empty.no_data and soon.no_data
+    assert collector.endpoints() == [url]
+    assert {s.engine for s in later.engine_samples} == {"vllm"}
+
+
 # -- adversarial bodies through the whole collector ------------------------------------
 
 LABEL_CHOICES = [(), (("model_name", "m"),), (("le", "0.5"), ("model_name", "m")), (("a", '"q\\'),)]

@@ -69,8 +69,14 @@ class EngineCollector:
     name = "engines"
 
     def __init__(self, config: EnginesCollectorConfig, host: str, extra_endpoints: Iterable[str] = (),
-                 *, clock: Callable[[], float] = time.time) -> None:
+                 *, clock: Callable[[], float] = time.time,
+                 engine_pids: Callable[[], Iterable[int]] | None = None, discover_every_s: float = 5.0) -> None:
+        """``engine_pids`` (the discovered engine processes, called every ``discover_every_s``)
+        lets the collector find /metrics endpoints on their listening ports by itself."""
         self.config = config
+        self._engine_pids = engine_pids
+        self._discover_every_s = discover_every_s
+        self._discovered_at: float | None = None
         self.host = host
         self.interval_s = config.interval_s
         # Shorter than the interval whatever the config says, so runs never pile up.
@@ -159,6 +165,10 @@ class EngineCollector:
     # -- collection ----------------------------------------------------------------------
     async def collect(self, now: float) -> Batch:
         batch = Batch(collector=self.name, t=now)
+        if self._engine_pids is not None and self.config.autodiscover and (
+                self._discovered_at is None or now - self._discovered_at >= self._discover_every_s):
+            self._discovered_at = now
+            await self.discover(list(self._engine_pids()))
         if not self._endpoints:
             batch.no_data = "no engine endpoints configured or discovered"
             return batch
