@@ -35,6 +35,7 @@ log = logging.getLogger("infersight.demo")
 ENGINE_START_TIMEOUT_S = 120.0   # torch import and CUDA warm-up can take a while
 ENGINE_STOP_TIMEOUT_S = 5.0
 DAEMON_STOP_TIMEOUT_S = 8.0
+DEMO_CPU_BUSY_PCT = 35.0
 
 
 def demo_config(tmp: Path, listen: str, engine: dict[str, Any]) -> Config:
@@ -52,8 +53,12 @@ def demo_config(tmp: Path, listen: str, engine: dict[str, Any]) -> Config:
         "collectors.engines.autodiscover": False,
         "collectors.gpu.enabled": not engine["simulated"],
         "analysis.interval_s": 2.0,
+        # the demo engine, the agent and py-spy share this machine's cores (often two, with other
+        # work): a saturated engine then gets 55-100% of a core, while its quiet phases use
+        # under 7% (CPU mode; 12% when stalled on a real GPU), so 35% tells them apart
+        "analysis.cpu_busy_pct": DEMO_CPU_BUSY_PCT,
         # stacks of a second land after its py-spy recording ends, plus handover, flush and one
-        # collect run (each <= 1 s): analyse no earlier, and no later, so findings come quickly
+        # collect run (each <= 1 s): wait that long and no longer, so findings come quickly
         "analysis.lag_s": float(base.collectors.stacks.recording_s + 3),
     })
 

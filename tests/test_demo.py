@@ -3,6 +3,7 @@ HTTP endpoints, the simulated GPU collector, the engine process, and (slow) the 
 producing a host-bound finding blamed on the slow tokenizer."""
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -21,6 +22,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from infersight.daemon import engine_specs, promtext
+from infersight.daemon.config import ConfigError
+from infersight.daemon.demo import demo_config
+from infersight.daemon.demo import main as demo_main
 from infersight.daemon.collectors.simgpu import SIMULATED_NAME, SimulatedGpuCollector, to_batch
 from infersight.daemon.demo_backend import CpuBackend
 from infersight.daemon.demo_engine import Engine, Req, parse_phases
@@ -276,6 +280,27 @@ def wait_for_json(path: Path, proc: subprocess.Popen, timeout: float = 60.0) -> 
     raise AssertionError(f"{path} did not appear within {timeout} s")
 
 
+# -- the demo runner ---------------------------------------------------------------------------------
+
+def test_demo_config_watches_only_the_engine(tmp_path):
+    engine = {"pid": 4242, "metrics_url": "http://127.0.0.1:5/metrics", "simulated": True}
+    cfg = demo_config(tmp_path, "127.0.0.1:0", engine)
+    assert cfg.storage.path == str(tmp_path / "demo.duckdb")
+    assert cfg.targets.pids == (4242,) and cfg.targets.cmdline_patterns == ()
+    assert cfg.collectors.engines.endpoints == ("http://127.0.0.1:5/metrics",)
+    assert cfg.collectors.gpu.enabled is False          # the simulated collector stands in for NVML
+    assert cfg.analysis.lag_s > cfg.collectors.stacks.recording_s
+    assert demo_config(tmp_path, "127.0.0.1:0", {**engine, "simulated": False}).collectors.gpu.enabled is True
+
+
+def test_demo_refuses_an_open_listen_address_before_starting_anything(monkeypatch):
+    started = []
+    monkeypatch.setattr(asyncio, "run", lambda *a, **k: started.append(a))
+    with pytest.raises(ConfigError, match="web.listen"):
+        demo_main(listen="0.0.0.0:8321", duration=1)
+    assert started == []
+
+
 # -- the whole demo --------------------------------------------------------------------------------
 
 FINDING_DEADLINE_S = 90.0   # the issue's promise: a finding within 90 s of starting the demo
@@ -327,6 +352,8 @@ def test_demo_finds_the_slow_tokenizer_and_stops_cleanly():
             proc.wait()
         for r in readers:
             r.join(5)
+        proc.stdout.close()
+        proc.stderr.close()
     assert rc == 0, "".join(err_lines)[-4000:]
     assert not pid_alive(engine_pid), "the demo engine outlived the demo"
     assert not Path(db).parent.exists(), "the demo's temporary directory was left behind"
