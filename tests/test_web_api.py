@@ -310,7 +310,7 @@ async def test_bearer_token_is_enforced(make_client, filled):
     cl = await make_client(filled, **{"web.auth_token": "s3cret-token"})
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-token"},
                     {"Authorization": "Basic czNjcmV0LXRva2Vu"}):
-        for path in ("/api/health", "/", "/api/flamegraph"):
+        for path in ("/api/health", "/api/flamegraph", "/api/events", "/metrics"):
             resp = await cl.get(path, headers=headers)
             assert resp.status == 401, (path, headers)
             assert resp.headers["WWW-Authenticate"].startswith("Bearer")
@@ -318,6 +318,12 @@ async def test_bearer_token_is_enforced(make_client, filled):
             assert "s3cret" not in await resp.text()
     ok = await cl.get("/api/health", headers={"Authorization": "Bearer s3cret-token"})
     assert ok.status == 200 and (await ok.json())["status"] == "ok"
+    # the page and its code hold no data: a browser loads them, then asks for the token
+    page = await cl.get("/")
+    assert page.status == 200 and "s3cret" not in await page.text()
+    assert page.headers["Content-Security-Policy"]
+    assert (await cl.get("/static/api.js")).status == 200
+    assert (await cl.post("/")).status in (401, 405)
 
 
 async def test_no_token_configured_means_open(client):

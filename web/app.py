@@ -68,6 +68,9 @@ def auth_middleware(token: str):
 
     @web.middleware
     async def check_token(request: web.Request, handler):
+        # the page and its static code hold no data; every API call and /metrics needs the token
+        if request.method in ("GET", "HEAD") and (request.path == "/" or request.path.startswith("/static/")):
+            return await handler(request)
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             raise web.HTTPUnauthorized(headers={"WWW-Authenticate": 'Bearer realm="infersight"'})

@@ -22,11 +22,32 @@ export function url(path, params = {}) {
   return q ? `${path}?${q}` : path;
 }
 
+const TOKEN_KEY = "infersight-token";
+
+/** Request headers, with the bearer token when the agent asked for one (kept for this tab only). */
+function headers(extra = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { ...extra, Authorization: `Bearer ${token}` } : extra;
+}
+
+/** fetch that, on a 401, asks once for the agent's token (web.auth_token) and retries. */
+async function authFetch(target, options = {}) {
+  let resp = await fetch(target, { ...options, headers: headers(options.headers) });
+  if (resp.status === 401) {
+    const token = window.prompt("This agent needs its access token (web.auth_token):");
+    if (token) {
+      sessionStorage.setItem(TOKEN_KEY, token.trim());
+      resp = await fetch(target, { ...options, headers: headers(options.headers) });
+    }
+  }
+  return resp;
+}
+
 /** GET JSON; ``signal`` aborts a request a newer one made obsolete. */
 export async function getJson(path, params = {}, signal = undefined) {
   let resp;
   try {
-    resp = await fetch(url(path, params), { signal, headers: { Accept: "application/json" } });
+    resp = await authFetch(url(path, params), { signal, headers: { Accept: "application/json" } });
   } catch (err) {
     if (err.name === "AbortError") throw err;
     throw new ApiError("the agent is not reachable", 0);
@@ -46,7 +67,7 @@ export async function getJson(path, params = {}, signal = undefined) {
 
 /** GET a file and hand it to the browser as a download named ``filename``. */
 export async function download(path, params, filename) {
-  const resp = await fetch(url(path, params));
+  const resp = await authFetch(url(path, params));
   if (!resp.ok) throw new ApiError(`export failed: HTTP ${resp.status}`, resp.status);
   saveBlob(await resp.blob(), filename);
 }
