@@ -74,11 +74,19 @@ class HostCollectorConfig:
 @dataclass(frozen=True)
 class StacksCollectorConfig:
     enabled: bool = opt(True, "sample Python stacks of every target with py-spy (always --nonblocking)")
-    rate_hz: int = opt(20, "py-spy samples per second per target", min=1, max=1000)
-    recording_s: int = opt(5, "length of one rolling py-spy recording (whole seconds)", min=1, max=600)
+    rate_hz: int = opt(20, "highest py-spy sampling rate per target (samples per second)", min=1, max=1000)
+    cpu_budget_percent: float = opt(1.25, "py-spy CPU allowed per target (% of one core): a target whose stacks "
+                                         "cost more (many threads, deep stacks) is sampled at a lower rate, down "
+                                         "to 1 Hz; 0 keeps rate_hz fixed", min=0, max=100)
+    recording_s: int = opt(10, "length of one rolling py-spy recording (whole seconds); stacks arrive this late, "
+                               "and each recording costs one attach", min=2, max=600)
+    handover_s: float = opt(0.5, "how long before a recording's end its successor is started (seconds); the "
+                                 "old one runs on until the new one has attached, so this only needs to cover "
+                                 "a typical attach", min=0.1, max=30)
+    retry_max_s: float = opt(60.0, "longest wait between attempts on a target py-spy failed on (seconds)",
+                             min=1, max=3600)
     pyspy_path: str = opt("", "py-spy binary; empty means the one from the py-spy wheel, then PATH")
     include_idle: bool = opt(True, "keep idle samples (threads waiting), marked as idle")
-    native: bool = opt(False, "also collect native frames (py-spy --native; costs more)")
 
 
 @dataclass(frozen=True)
