@@ -33,7 +33,7 @@ _EMBEDDED = re.compile(r"triton_python_backend_stub")
 _ROLES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("engine_core", re.compile(r"EngineCore|sglang::scheduler|sglang\.srt\.managers\.scheduler")),
     ("api_server", re.compile(r"vllm serve|vllm[./]entrypoints|APIServer|sglang[./ ]launch_server|trtllm-serve"
-                              r"|tritonserver")),
+                              r"|(?:^|/)tritonserver(?: |$)")),
     ("worker", re.compile(r"VllmWorker|VLLM::Worker|RayWorkerWrapper|text[-_]generation[-_]server"
                           r"|triton_python_backend_stub|sglang::.*worker|mpi4py")),
 )
@@ -184,11 +184,13 @@ class Discovery:
         return 0.0
 
     def _stat(self, pid: int) -> tuple[int, float] | None:
-        """(ppid, start time) or None when the process is gone."""
+        """(ppid, start time) or None when the process is gone (a zombie counts as gone)."""
         try:
             with open(f"{self.proc}/{pid}/stat", "rb") as fh:
                 text = fh.read().decode("utf-8", "replace")
             rest = text[text.rindex(")") + 2:].split()
+            if rest[0] in ("Z", "X"):
+                return None
             # Same arithmetic as psutil's create_time(), so other collectors' keys match ours.
             return int(rest[1]), float(rest[19]) / _CLK_TCK + self._btime
         except (OSError, ValueError, IndexError):

@@ -43,14 +43,15 @@ def classify_failure(pid: int, returncode: int | None, stderr: str, target_alive
     if not target_alive or "no such process" in text or "no such file or directory" in text:
         return PyspyFailure("exited", f"PID {pid} exited")
     if "unsupported version of python" in text or "unsupported python version" in text:
-        return PyspyFailure("unsupported", f"PID {pid} runs a Python this py-spy cannot read: {_first_error(stderr)}")
+        return PyspyFailure("unsupported", f"PID {pid} runs a Python this py-spy cannot read: {first_error(stderr)}")
     if "python version" in text or "python interpreter" in text or "failed to find python" in text:
         return PyspyFailure("not_python", f"PID {pid} is not a Python process (py-spy found no interpreter in it)")
-    reason = _first_error(stderr) or f"exit status {returncode}"
+    reason = first_error(stderr) or f"exit status {returncode}"
     return PyspyFailure("failed", f"py-spy failed on PID {pid}: {reason}")
 
 
-def _first_error(stderr: str) -> str:
+def first_error(stderr: str) -> str:
+    """The ``Error:`` line of py-spy's stderr, else its first line."""
     for line in stderr.splitlines():
         line = line.strip()
         if line.startswith("Error:"):

@@ -37,7 +37,7 @@ from typing import Callable
 
 from .model import Target
 from .pyspy_budget import RateGovernor, process_cpu_seconds
-from .pyspy_failures import PyspyFailure, classify_failure, ptrace_scope
+from .pyspy_failures import PyspyFailure, classify_failure, first_error, ptrace_scope
 from .pyspy_parse import parse_summary
 
 ATTACH_TIMEOUT_S = 20.0
@@ -155,11 +155,11 @@ class PyspyRunner:
                 self.state = "exited"
                 return
             if time.time() - began < self.recording_s:
-                # py-spy ended on its own soon after attaching while the target lives on:
-                # count it and wait before the next attempt rather than spin.
-                failure = classify_failure(self.target.pid, last.returncode, last.stderr, True, ptrace_scope())
-                self._record_failure(failure)
-                last.failure = last.failure or failure
+                # py-spy ended on its own soon after attaching while the target lives on (its
+                # data is kept): count it and wait before the next attempt rather than spin.
+                reason = first_error(last.stderr) or _last_line(last.stdout) or f"exit status {last.returncode}"
+                self._record_failure(PyspyFailure("failed", f"py-spy stopped sampling PID {self.target.pid} "
+                                                            f"after {time.time() - began:.1f} s: {reason}"))
                 await self._back_off(backoff)
                 backoff = min(backoff * 2, self.retry_max_s)
             else:
@@ -327,6 +327,11 @@ class PyspyRunner:
         self.failures[failure.kind] = self.failures.get(failure.kind, 0) + 1
         self.last_failure = failure
         self.last_failure_at = time.time()
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.replace("py-spy>", "").strip() for ln in text.splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
 
 
 def find_pyspy(configured: str = "") -> str | None:
