@@ -178,12 +178,17 @@ class StacksCollector:
     # -- background loops -------------------------------------------------------------------
 
     async def _discover_loop(self) -> None:
+        last_problem: str | None = None
         while True:
+            problem = None
             try:
                 found = await asyncio.to_thread(self.discovery.scan_detailed)
                 self._apply_scan(found)
             except Exception as exc:  # one bad scan must not end discovery; it is reported
-                self._errors.append(f"process discovery failed: {exc!r}")
+                problem = f"process discovery failed: {exc!r}"
+            if problem and problem != last_problem:
+                self._errors.append(problem)      # once per new problem, not every scan
+            last_problem = problem
             self._first_scan.set()
             await asyncio.sleep(self.targets_config.discovery_interval_s)
 
