@@ -105,6 +105,7 @@ async def test_multithreaded_program_threads_states_and_gapless_seconds(spawn) -
     assert all(40 <= per_bucket[b] <= 120 for b in inner), per_bucket
     reported = [t for b in batches for t in b.targets if t.pid == proc.pid]
     assert reported and reported[0].role == "other" and reported[0].exited_at is None
+    assert reported[0] in collector.targets()
     mine = status[proc.pid]
     assert mine["recordings"] >= 3 and mine["failed_recordings"] == 0 and mine["coverage"] > 0.9
 

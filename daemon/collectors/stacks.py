@@ -235,6 +235,10 @@ class StacksCollector:
 
     # -- health -----------------------------------------------------------------------------
 
+    def targets(self) -> list[Target]:
+        """The targets discovered and not exited, as last seen (for the other collectors)."""
+        return [s.found.target for s in self._states.values() if s.exited_at is None]
+
     def status(self) -> list[dict[str, Any]]:
         """One dict per target for /api/health and `infersight check` (plain JSON types)."""
         out = []
