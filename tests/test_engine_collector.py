@@ -280,6 +280,38 @@ async def test_collect_discovers_endpoints_of_the_engine_processes_it_is_given()
     assert {s.engine for s in later.engine_samples} == {"vllm"}
 
 
+async def test_a_real_prometheus_client_server_keeps_its_metric_names():
+    """prometheus_client escapes ':' to '_' when asked for OpenMetrics; vLLM serves through it."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    program = Path(__file__).parent / "programs" / "fake_engine.py"
+    status = Path(f"/tmp/infersight-test-{port}.status")
+    proc = subprocess.Popen([sys.executable, str(program), str(port), str(status), "5", "1"])
+    collector = EngineCollector(config(f"http://127.0.0.1:{port}/metrics"), "host")
+    try:
+        for _ in range(100):
+            if status.exists():
+                break
+            await asyncio.sleep(0.1)
+        await collector.collect(0.0)
+        await asyncio.sleep(1.1)
+        batch = await collector.collect(1.1)
+    finally:
+        await collector.close()
+        proc.terminate()
+        proc.wait(10)
+        status.unlink(missing_ok=True)
+    signals = {s.signal: s.value for s in batch.engine_samples}
+    assert collector.endpoint_status()[0]["engine"] == "vllm"
+    assert signals["requests_running"] == 8 and signals["requests_waiting"] == 4
+    assert signals["generation_tokens_per_s"] > 0
+
+
 # -- adversarial bodies through the whole collector ------------------------------------
 
 LABEL_CHOICES = [(), (("model_name", "m"),), (("le", "0.5"), ("model_name", "m")), (("a", '"q\\'),)]

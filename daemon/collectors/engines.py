@@ -32,7 +32,9 @@ log = logging.getLogger("infersight.engines")
 MAX_BODY_BYTES = 16 * 2**20       # a scrape larger than this is refused (bytes)
 MAX_BACKOFF_S = 30.0              # longest wait between two attempts on a down endpoint
 # Prefer the classic text format (what the fixtures are); OpenMetrics is read as well.
-ACCEPT = "text/plain;version=0.0.4;q=1.0,application/openmetrics-text;version=1.0.0;q=0.5,*/*;q=0.1"
+# Never ask for OpenMetrics: prometheus_client (what vLLM and SGLang serve with) answers with it
+# whenever the Accept header names it, whatever its q, and then escapes "vllm:x" to "vllm_x".
+ACCEPT = "text/plain;version=0.0.4;q=1.0,*/*;q=0.1"
 TEXT_TYPES = frozenset({"text/plain", "application/openmetrics-text", "application/octet-stream", ""})
 
 
