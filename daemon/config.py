@@ -135,8 +135,9 @@ class AnalysisConfig:
 
     enabled: bool = opt(True, "classify windows and detect gaps, mismatches, saturation and regressions")
     interval_s: float = opt(5.0, "how often the analysis runs over new data (seconds)", min=0.5, max=3600)
-    lag_s: float = opt(8.0, "analyse up to this long before now, so late stack recordings are in (seconds); "
-                       "keep above collectors.stacks.recording_s + storage.flush_interval_s", min=0, max=3600)
+    lag_s: float = opt(15.0, "analyse up to this long before now, so late stack recordings are in (seconds); "
+                       "must exceed collectors.stacks.recording_s + handover_s + storage.flush_interval_s when "
+                       "stacks are sampled", min=0, max=3600)
     busy_sm_pct: float = opt(40.0, "GPM SM utilization at or above which the GPU counts as busy (%). Busy phases "
                              "measured 52-83, starved ones 2-30 (host, core, launch, stall)", min=0, max=100)
     idle_sm_pct: float = opt(3.0, "SM utilization below which the GPU does nothing (%); idle measured 0.0", min=0,

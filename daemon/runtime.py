@@ -140,6 +140,7 @@ class Daemon:
                               coalesce=True)
             scheduler.start()
             runner_site = await self._start_web(agent)
+            warn_short_lag(cfg)
             self.notifier.ready()
             if self.notifier.watchdog_interval_s:  # after READY=1, as systemd expects
                 scheduler.add_job(self._guarded, "interval", args=[self._watchdog, store],
@@ -221,6 +222,18 @@ class Daemon:
         # only pet the watchdog while the writer thread lives: a dead writer should restart us
         if store.writer_alive:
             self.notifier.watchdog()
+
+
+def warn_short_lag(config: Config) -> bool:
+    """Log when the analysis would run ahead of the stacks it needs (they arrive late)."""
+    stacks = config.collectors.stacks
+    late = stacks.recording_s + stacks.handover_s + config.storage.flush_interval_s
+    if config.analysis.enabled and stacks.enabled and config.analysis.lag_s <= late:
+        log.warning("event=analysis_lag_short lag_s=%g stacks_late_s=%g note=\"gaps are analysed before their stacks "
+                    "arrive; raise analysis.lag_s above collectors.stacks.recording_s + handover_s + "
+                    "storage.flush_interval_s\"", config.analysis.lag_s, late)
+        return True
+    return False
 
 
 def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:

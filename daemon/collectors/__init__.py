@@ -1,10 +1,16 @@
 """The explicit collector registry: which collectors run, built from the config.
 
-Nothing runs at import time; ``build_collectors`` constructs each enabled collector.
+Nothing runs at import time; ``build_collectors`` constructs each enabled collector and the
+few links between them, all read-only: the GPU collector tells the stacks collector's
+discovery which processes hold a CUDA context; the stacks collector's discovered targets
+are the processes the host collector samples and the engine collector probes for /metrics.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 from ..config import Config
+from ..model import Target
 from ..targets import explicit_targets
 from .base import Collector
 
@@ -15,15 +21,30 @@ def build_collectors(config: Config) -> list[Collector]:
 
     host = config.host
     collectors: list[Collector] = []
-    if config.collectors.host.enabled:
-        collectors.append(HostCollector(config.collectors.host, host,
-                                        lambda: explicit_targets(config.targets.pids, host)))
+    gpu = None
     if config.collectors.gpu.enabled:
         from .gpu import GpuCollector
 
-        collectors.append(GpuCollector(config.collectors.gpu, host))
+        gpu = GpuCollector(config.collectors.gpu, host)
+        collectors.append(gpu)
+    current_targets: Callable[[], list[Target]] = lambda: explicit_targets(config.targets.pids, host)
+    if config.collectors.stacks.enabled:
+        from .stacks import StacksCollector
+
+        stacks = StacksCollector(config.collectors.stacks, config.targets, host,
+                                 nvml_pids=gpu.pid_gpus if gpu is not None else None)
+        collectors.append(stacks)
+        def current_targets() -> list[Target]:
+            # explicit --pid targets count from the first run, before discovery has scanned
+            found = stacks.targets()
+            seen = {t.pid for t in found}
+            return found + [t for t in explicit_targets(config.targets.pids, host) if t.pid not in seen]
+    if config.collectors.host.enabled:
+        collectors.append(HostCollector(config.collectors.host, host, current_targets))
     if config.collectors.engines.enabled:
         from .engines import EngineCollector
 
-        collectors.append(EngineCollector(config.collectors.engines, host))
+        collectors.append(EngineCollector(config.collectors.engines, host,
+                                          engine_pids=lambda: [t.pid for t in current_targets()],
+                                          discover_every_s=config.targets.discovery_interval_s))
     return collectors
