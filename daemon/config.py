@@ -76,13 +76,13 @@ class StacksCollectorConfig:
     enabled: bool = opt(True, "sample Python stacks of every target with py-spy (always --nonblocking)")
     rate_hz: int = opt(20, "highest py-spy sampling rate per target (samples per second). 20 gives each thread "
                            "20 samples in every 1 s bucket, and bench/overhead.py measured a single-threaded "
-                           "target 20 frames deep at 20 Hz costing 1.1-1.4% of a core in py-spy, inside the "
+                           "target 20 frames deep at 20 Hz costing 1.1-1.5% of a core in py-spy, inside the "
                            "budget below", min=1, max=1000)
     cpu_budget_percent: float = opt(1.25, "py-spy CPU allowed per target (% of one core): a target whose stacks "
                                           "cost more (many threads, deep stacks) is sampled at a lower rate, down "
                                           "to 1 Hz; 0 keeps rate_hz fixed. 1.25 keeps py-spy plus the agent's own "
                                           "share (0.2-0.4% measured) under 2% of a core per target; "
-                                          "bench/overhead.py's 20-thread target then runs at 2-4 Hz",
+                                          "bench/overhead.py's 20-thread target then runs at 1-2 Hz",
                                     min=0, max=100)
     recording_s: int = opt(10, "length of one rolling py-spy recording (whole seconds); stacks arrive this late, "
                                "and each recording costs one attach", min=2, max=600)

@@ -1,7 +1,23 @@
 """One target's rolling py-spy recordings, as asyncio subprocesses.
 
-Each recording is ``py-spy record --nonblocking --idle --threads --format chrometrace``
-(never the pausing mode: it cost inference loops a third of their throughput). py-spy
+Why chrometrace, measured with py-spy 0.4.3 (2-core VM and an H100 host VM):
+
+- No output format carries py-spy's per-sample active flag. ``raw`` has counts, no time;
+  ``speedscope`` has each thread's samples in order with weights, no time; ``chrometrace``
+  has the time of every stack change per thread (thread ids and names with ``--threads``),
+  and with ``--idle`` also the stacks of waiting threads. Only it places samples in time.
+- Starting py-spy costs 12-16 ms of CPU (attach plus one sample; ``dump --json`` 11-14 ms
+  per call), so a ``raw --duration 1`` recording every second costs 1.2-1.6% of a core in
+  launches alone, twice that with a second one for the active flag. ``--duration`` also
+  ends after a number of random (exponential) intervals, not at a set time (1 s at 20 Hz:
+  sd 0.22 s), so such windows do not line up with seconds.
+- Sampling costs the same in every format (within 3%): about 0.3 ms per thread and sample
+  at 20 frames on these VMs, so a second concurrent recording doubles the main cost.
+
+So: one ``record --nonblocking --idle --threads --format chrometrace`` at a time per target
+(never the pausing mode: it cost inference loops a third of their throughput), rolled every
+``recording_s``; per-second counts come from the change times (:mod:`.stack_buckets`), and
+active versus idle from the kernel's per-thread CPU time (:mod:`.thread_cpu`). py-spy
 writes its file only when a recording ends, so recordings roll: the next one is started
 ``handover_s`` before the planned end of the current one, and once it has attached (py-spy
 prints ``Sampling process`` after the attach succeeded) the current one is stopped with
