@@ -29,7 +29,7 @@ import orjson
 
 from ..config import StacksCollectorConfig, TargetsConfig
 from ..discovery import Discovery, Found, NvmlProcesses
-from ..model import Batch, SamplingStat, StackSample, Target
+from ..model import Batch, Target
 from ..pyspy_parse import parse_chrometrace
 from ..pyspy_runner import PyspyRunner, Recording, find_pyspy
 from ..stack_buckets import BucketAccumulator, finalize
