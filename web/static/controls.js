@@ -114,6 +114,10 @@ export function renderNotes(data, gpuStatus, s) {
     notes.push(["warn", `No GPU data on this host${why}: NVML reported no NVIDIA GPU, or the GPU collector is off. `
       + "Bottleneck classes and GPU activity need it; stacks and engine metrics are shown without them."]);
   }
+  for (const g of data.gpus.filter((x) => x.name && /simulated/i.test(x.name))) {
+    notes.push(["warn", `GPU ${g.gpu} is simulated (${g.name}): there is no NVIDIA GPU here, so its activity comes `
+      + "from the demo engine's own timing of its work. Stacks, engine metrics and findings are measured for real."]);
+  }
   if (!Object.keys(data.engine).length) {
     notes.push(["info", "No inference engine metrics in this range: no engine /metrics endpoint was scraped (tokens/s, requests and TTFT need one)."]);
   }
