@@ -154,3 +154,10 @@ def test_replay_cli_rejects_a_directory_that_is_not_a_recording(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "processes.json" in proc.stderr
+
+
+def test_replay_json_into_a_closed_pipe_exits_quietly():
+    proc = subprocess.run(f"{sys.executable} -m infersight.daemon.cli replay {FIXTURES / 'h100-scenario'} --json | head -n 1",
+                          shell=True, capture_output=True, text=True, timeout=120)
+    assert json.loads(proc.stdout)["type"] == "window"
+    assert "Traceback" not in proc.stderr
