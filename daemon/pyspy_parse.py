@@ -312,7 +312,7 @@ def parse_chrometrace(events: Iterable[Any]) -> Timeline:
             args = ev.get("args") or {}
             path = str(args.get("filename") or "")
             line = int(args.get("line") or 0)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             timeline.bad += 1
             continue
         if ph not in ("B", "E"):
