@@ -115,9 +115,11 @@ class Workload:
 
     def __init__(self, config: Config | None = None, *, processes: int = 8, threads: int = 20,
                  active_threads: int = 2, gpus: int = 8, endpoints: int = 1, seed: int = 0,
-                 extra_depth: int = 0) -> None:
+                 extra_depth: int = 0, rate_hz: int | None = None) -> None:
         cfg = config or Config()
-        self.rate_hz = cfg.collectors.stacks.rate_hz
+        # rate_hz: the highest rate, which the CPU budget (collectors.stacks.cpu_budget_percent)
+        # lowers for targets whose stacks cost more; a lower one models that
+        self.rate_hz = rate_hz or cfg.collectors.stacks.rate_hz
         self.gpu_fast_s = cfg.collectors.gpu.fast_interval_s
         self.gpu_slow_s = cfg.collectors.gpu.slow_interval_s
         self.engine_s = cfg.collectors.engines.interval_s
