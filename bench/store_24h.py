@@ -43,6 +43,7 @@ TARGET_FLAME_1H_MS = 100.0
 TARGET_FLAME_24H_MS = 500.0
 TARGET_DIFF_MS = 200.0
 TARGET_RSS_MB = 200.0
+STACK_TABLES = ("stack_samples", "stack_nodes", "frames", "threads", "sampling_stats", "targets")
 
 
 def stored_range(path: str) -> tuple[int, int, int]:
@@ -114,24 +115,29 @@ def main() -> None:
             if nbytes:
                 print(f"    {name:18s} {rows:12,d} rows {nbytes / 2**20:9.1f} MiB {nbytes / samples:7.3f} B/sample")
         extra["tables"] = tables
-        figures.append(Figure(f"bytes on disk per stack sample after {hours:g} h", per_sample, "B",
+        stack_bytes = sum(tables.get(t, (0, 0))[1] for t in STACK_TABLES)
+        rate = f"{workload.rate_hz} Hz"
+        figures.append(Figure(f"bytes on disk per stack sample after {hours:g} h, {rate}", per_sample, "B",
                               TARGET_BYTES_PER_SAMPLE, note="whole file (stacks, GPU, engine, host, analysis) "
                               "divided by py-spy samples; see the per-table breakdown"))
+        figures.append(Figure(f"  of which stack tables alone, {rate}", stack_bytes / samples, "B",
+                              note=f"{', '.join(STACK_TABLES)} copied alone (estimate)"))
 
         print(f"\nqueries ({args.repeats} runs each after one cold run; server-side handler time):")
         timings = time_queries(config, path, t_from, t_to, args.repeats)
         print(summary(timings))
         extra["queries"] = [t.__dict__ for t in timings]
         by_name = {t.name: t for t in timings}
+        tag = "" if args.rate_hz is None else f", {workload.rate_hz} Hz"
         for label, name, target in (("flame graph 1 h", "flame graph, last 1 h", TARGET_FLAME_1H_MS),
                                     ("flame graph 24 h", "flame graph, 24 h", TARGET_FLAME_24H_MS),
                                     ("diff of two 1 h ranges", "diff, last 1 h vs the hour before", TARGET_DIFF_MS)):
             t = by_name[name]
-            figures.append(Figure(f"{label} p50", t.p50_ms, "ms", target))
-            figures.append(Figure(f"{label} p95", t.p95_ms, "ms", target))
+            figures.append(Figure(f"{label} p50{tag}", t.p50_ms, "ms", target))
+            figures.append(Figure(f"{label} p95{tag}", t.p95_ms, "ms", target))
         s = by_name["series sm_util, 24 h at 1 s"]
-        figures.append(Figure("24 h series at 1 s p50", s.p50_ms, "ms"))
-        figures.append(Figure("24 h series at 1 s p95", s.p95_ms, "ms"))
+        figures.append(Figure(f"24 h series at 1 s p50{tag}", s.p50_ms, "ms"))
+        figures.append(Figure(f"24 h series at 1 s p95{tag}", s.p95_ms, "ms"))
 
         if args.rss_seconds > 0:
             warm_h = getattr(analyzer_module, "KEEP_SECONDS_S", 3 * 3600) / 3600
