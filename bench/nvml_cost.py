@@ -2,6 +2,9 @@
 
 usage: python bench/nvml_cost.py [--ticks 100] [--seconds 30] [--fake [--fake-gpus N]]
 
+0. Each NVML call the collector makes, through its own seam on GPU 0: process CPU per call
+   (what decided which reads are fast and which slow: gpu_device.py).
+
 1. One tick per GPU: the collector is driven tick by tick (0.11 s apart, so GPM gets a
    sample pair every tick) and the process's CPU time (``time.process_time``: every thread,
    so the worker thread, the event loop and anything NVML runs) is divided by ticks and
@@ -24,7 +27,8 @@ import time
 
 from infersight.daemon.collectors.gpu import GpuCollector
 from infersight.daemon.config import GpuCollectorConfig
-from infersight.daemon.nvml_api import Nvml, NvmlError
+from infersight.daemon.gpu_device import COUNTER_FIELDS, GPM_COSTLY_METRICS, GPM_FAST_METRICS, SLOW_FIELDS
+from infersight.daemon.nvml_api import FI_POWER_INSTANT, Nvml, NvmlError
 from infersight.daemon.nvml_fake import FakeGpu, FakeNvml, gpm_values
 
 TARGET_PCT = 0.5
@@ -96,6 +100,55 @@ async def per_tick(nvml: object, ticks: int) -> None:
           "were slow)")
 
 
+def per_call(nvml: object, repeats: int = 100) -> None:
+    """Process CPU of each NVML call of a tick, on GPU 0 (a failing call prints its error)."""
+    nvml.init()
+    h = nvml.handle_by_index(0)
+    older, newer = nvml.gpm_alloc(), nvml.gpm_alloc()
+    calls: list[tuple[str, object, int, float]] = [
+        ("utilization", lambda: nvml.utilization(h), repeats, 0.0),
+        ("field power_instant", lambda: nvml.field_values(h, [(FI_POWER_INSTANT, 0)]), repeats, 0.0),
+        ("fields PCIe + NVLink counters (no-GPM path)",
+         lambda: nvml.field_values(h, [(f, sc) for f, sc, _ in COUNTER_FIELDS.values()]), repeats, 0.0),
+        ("SM clock", lambda: nvml.sm_clock_mhz(h), repeats, 0.0),
+        ("clock event reasons", lambda: nvml.clocks_event_reasons(h), repeats, 0.0),
+        ("GPM sample", lambda: nvml.gpm_sample(h, older), max(10, repeats // 4), 0.11),
+        (f"GPM metrics, fast set ({len(GPM_FAST_METRICS)})",
+         lambda: nvml.gpm_metrics(older, newer, [m for _, m, _ in GPM_FAST_METRICS]), repeats, 0.0),
+        ("GPM metrics, graphics_util alone",
+         lambda: nvml.gpm_metrics(older, newer, [m for _, m, _ in GPM_COSTLY_METRICS]), repeats, 0.0),
+        ("memory", lambda: nvml.memory(h), repeats, 0.0),
+        ("temperature", lambda: nvml.temperature_c(h), repeats, 0.0),
+        (f"fields slow set ({len(SLOW_FIELDS)}: energy, ECC, retired/remapped)",
+         lambda: nvml.field_values(h, [(f, 0) for _, f in SLOW_FIELDS]), max(10, repeats // 4), 0.0),
+        ("compute processes", lambda: nvml.compute_processes(h), repeats, 0.0),
+        ("process utilization", lambda: nvml.process_utilization(h, 0), max(10, repeats // 4), 0.0),
+    ]
+    try:
+        nvml.gpm_sample(h, older)
+        time.sleep(GPM_SPACING_S)
+        nvml.gpm_sample(h, newer)
+    except NvmlError as exc:
+        print(f"  (no GPM sample pair: {exc})")
+    print("per NVML call on GPU 0 (process CPU, mean of the repeats):")
+    for name, fn, n, gap in calls:
+        try:
+            fn()
+            cpu = 0.0
+            for _ in range(n):
+                c0 = time.process_time()
+                fn()
+                cpu += time.process_time() - c0
+                if gap:
+                    time.sleep(gap)
+            print(f"  {name:58s} {1000 * cpu / n:7.3f} ms")
+        except NvmlError as exc:
+            print(f"  {name:58s} {'-':>7s}    ({exc})")
+    for sample in (older, newer):
+        nvml.gpm_free(sample)
+    nvml.shutdown()
+
+
 async def defaults(nvml: object, seconds: float) -> None:
     config = GpuCollectorConfig()
     c = GpuCollector(config, "bench", nvml=nvml)
@@ -124,6 +177,7 @@ async def main() -> None:
     print(f"infersight GPU collector cost on {what}")
     if fake:
         print("  (fake NVML: these figures are the collector's own Python overhead, not NVML's cost)")
+    per_call(nvml)
     await per_tick(nvml, args.ticks)
     await defaults(nvml, args.seconds)
 

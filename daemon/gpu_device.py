@@ -32,14 +32,19 @@ MIG_ID_BASE = 100
 GPM_MIN_GAP_S = 0.1   # NVML needs >= 100 ms between the two GPM samples of a metric
 GPM_MAX_WAIT_S = 0.02  # a tick up to this early waits for the gap instead of losing its GPM figures
 
-# (signal, GPM metric id, factor to the signal's unit)
-GPM_METRICS: tuple[tuple[str, int, float], ...] = (
+# (signal, GPM metric id, factor to the signal's unit). Measured per nvmlGpmMetricsGet call on an
+# H100 (driver 580, .gpu microbenchmark in bench/nvml_cost.py's notes): every metric here costs
+# about 5 µs of CPU except GRAPHICS_UTIL, which alone costs 1.3-1.6 ms, four times everything
+# else of a fast tick together. It is therefore computed on the slow tick, over a second sample
+# pair (a true average over the slow interval), unless ``fast_graphics_util`` asks otherwise.
+GPM_FAST_METRICS: tuple[tuple[str, int, float], ...] = (
     ("sm_util", GPM_SM_UTIL, 1.0), ("sm_occupancy", GPM_SM_OCCUPANCY, 1.0),
     ("tensor_util", GPM_ANY_TENSOR_UTIL, 1.0), ("dram_bw_util", GPM_DRAM_BW_UTIL, 1.0),
-    ("graphics_util", GPM_GRAPHICS_UTIL, 1.0),
     ("pcie_tx_bytes_s", GPM_PCIE_TX_PER_SEC, MIB), ("pcie_rx_bytes_s", GPM_PCIE_RX_PER_SEC, MIB),
     ("nvlink_tx_bytes_s", GPM_NVLINK_TOTAL_TX_PER_SEC, MIB), ("nvlink_rx_bytes_s", GPM_NVLINK_TOTAL_RX_PER_SEC, MIB),
 )
+GPM_COSTLY_METRICS: tuple[tuple[str, int, float], ...] = (("graphics_util", GPM_GRAPHICS_UTIL, 1.0),)
+GPM_METRICS = GPM_FAST_METRICS + GPM_COSTLY_METRICS
 # Cumulative NVML counters turned into rates where GPM does not give the signal:
 # signal -> (field id, scope id, bytes per counter unit). Never nvmlDeviceGetPcieThroughput:
 # it blocks for its 20 ms sampling window.
@@ -49,8 +54,11 @@ COUNTER_FIELDS: dict[str, tuple[int, int, float]] = {
     "nvlink_tx_bytes_s": (FI_NVLINK_THROUGHPUT_DATA_TX, ALL_LINKS, 1024.0),
     "nvlink_rx_bytes_s": (FI_NVLINK_THROUGHPUT_DATA_RX, ALL_LINKS, 1024.0),
 }
+# The energy counter costs NVML about 4 ms of CPU per read on an H100 (driver 580), as much
+# as the rest of a slow tick together, so it is read every ``energy_interval_s`` only.
+ENERGY_FIELD = ("energy", FI_TOTAL_ENERGY_CONSUMPTION)
 SLOW_FIELDS: tuple[tuple[str, int], ...] = (
-    ("energy", FI_TOTAL_ENERGY_CONSUMPTION), ("ecc_dbe", FI_ECC_DBE_VOL_TOTAL),
+    ENERGY_FIELD, ("ecc_dbe", FI_ECC_DBE_VOL_TOTAL),
     ("retired_sbe", FI_RETIRED_SBE), ("retired_dbe", FI_RETIRED_DBE),
     ("remapped_cor", FI_REMAPPED_COR), ("remapped_unc", FI_REMAPPED_UNC),
 )
@@ -114,6 +122,21 @@ class Problems:
 
 
 @dataclass(eq=False)
+class GpmPair:
+    """Two GPM sample buffers, swapped at every reading: metrics are computed between the
+    older and the newer sample. ``signals`` are the metrics this pair computes (those a GPU
+    turned out not to support are removed)."""
+
+    signals: list[tuple[str, int, float]]
+    older: Any = None
+    newer: Any = None
+    at: float | None = None                 # monotonic time of the newer buffer's sample
+
+    def buffers(self) -> tuple[Any, Any]:
+        return self.older, self.newer
+
+
+@dataclass(eq=False)
 class Device:
     """A physical GPU or a MIG GPU instance (``parent`` set) and its sampling state."""
 
@@ -124,12 +147,11 @@ class Device:
     parent: "Device | None" = None
     gpu_instance: int | None = None
     gpm: bool = False                                   # GPM in use for this device
-    gpm_signals: list[tuple[str, int, float]] = field(default_factory=lambda: list(GPM_METRICS))
-    gpm_older: Any = None                               # two GPM buffers, swapped every sample
-    gpm_newer: Any = None
-    gpm_at: float | None = None                         # monotonic time of the newer buffer's sample
+    gpm_fast: GpmPair = field(default_factory=lambda: GpmPair(list(GPM_FAST_METRICS)))   # every fast tick
+    gpm_slow: GpmPair = field(default_factory=lambda: GpmPair(list(GPM_COSTLY_METRICS)))  # every slow tick
     counters: dict[str, tuple[float, float]] = field(default_factory=dict)
     proc_since_us: int = 0                              # last seen nvmlDeviceGetProcessUtilization timestamp
+    energy_at: float | None = None                      # monotonic time of the last energy reading
     instances: list["Device"] = field(default_factory=list)
     lost_since: float | None = None                     # Unix time it was lost; None while healthy
     lost_error: str = ""
@@ -139,6 +161,15 @@ class Device:
     @property
     def is_mig_instance(self) -> bool:
         return self.parent is not None
+
+    @property
+    def gpm_signals(self) -> list[tuple[str, int, float]]:
+        """Every GPM metric this device still computes (fast and slow)."""
+        return self.gpm_fast.signals + self.gpm_slow.signals
+
+    def gpm_pairs(self) -> list[GpmPair]:
+        """The pairs that compute anything."""
+        return [p for p in (self.gpm_fast, self.gpm_slow) if p.signals]
 
 
 def probe(nvml_fn: Any, problems: Problems, gpu: int, name: str, *args: Any) -> Any:
@@ -154,14 +185,23 @@ def probe(nvml_fn: Any, problems: Problems, gpu: int, name: str, *args: Any) -> 
         return None
 
 
+def new_device(gpu: int, handle: Any, uuid: str, fast_graphics_util: bool = False, **kw: Any) -> Device:
+    """A device whose GPM pairs compute GRAPHICS_UTIL on the slow tick, or on every fast tick
+    when ``fast_graphics_util``."""
+    dev = Device(gpu=gpu, handle=handle, uuid=uuid, **kw)
+    if fast_graphics_util:
+        dev.gpm_fast.signals, dev.gpm_slow.signals = list(GPM_METRICS), []
+    return dev
+
+
 def open_device(nvml: Any, index: int, driver: str, gpm_mode: str, problems: Problems,
-                handle: Any = None) -> Device:
+                handle: Any = None, fast_graphics_util: bool = False) -> Device:
     """Read the static facts of GPU ``index`` (and its MIG instances) and set up GPM.
 
     Raises NvmlError when the GPU cannot be opened at all (no handle, no UUID).
     """
     h = handle if handle is not None else nvml.handle_by_index(index)
-    dev = Device(gpu=index, handle=h, uuid=nvml.uuid(h))
+    dev = new_device(index, h, nvml.uuid(h), fast_graphics_util)
     width = probe(nvml.memory_bus_width_bits, problems, index, "memory bus width", h)
     clock = probe(nvml.max_mem_clock_mhz, problems, index, "max memory clock", h)
     gpm_ok = probe(nvml.gpm_supported, problems, index, "GPM support", h)
@@ -178,11 +218,11 @@ def open_device(nvml: Any, index: int, driver: str, gpm_mode: str, problems: Pro
     if gpm_mode != "off" and gpm_ok:
         start_gpm(nvml, dev, problems)
     if mig:
-        dev.instances = open_instances(nvml, dev, problems)
+        dev.instances = open_instances(nvml, dev, problems, fast_graphics_util)
     return dev
 
 
-def open_instances(nvml: Any, parent: Device, problems: Problems) -> list[Device]:
+def open_instances(nvml: Any, parent: Device, problems: Problems, fast_graphics_util: bool = False) -> list[Device]:
     """The MIG GPU instances of ``parent`` as devices; a broken instance is skipped and noted."""
     pairs = probe(nvml.mig_instances, problems, parent.gpu, "MIG instances", parent.handle) or []
     out = []
@@ -195,7 +235,7 @@ def open_instances(nvml: Any, parent: Device, problems: Problems) -> list[Device
         except NvmlError as exc:
             problems.note(gid, "MIG instance UUID", exc)
             continue
-        dev = Device(gpu=gid, handle=mh, uuid=uuid, parent=parent, gpu_instance=gi)
+        dev = new_device(gid, mh, uuid, fast_graphics_util, parent=parent, gpu_instance=gi)
         pinfo = parent.info
         dev.info = GpuInfo(gpu=gid, uuid=uuid, name=probe(nvml.name, problems, gid, "name", mh) or "",
                            pci_bus_id=pinfo.pci_bus_id if pinfo else "", driver=pinfo.driver if pinfo else "",
@@ -207,24 +247,28 @@ def open_instances(nvml: Any, parent: Device, problems: Problems) -> list[Device
 
 
 def start_gpm(nvml: Any, dev: Device, problems: Problems) -> None:
+    """Allocate the buffers of each GPM pair that computes anything."""
     try:
-        dev.gpm_older, dev.gpm_newer = nvml.gpm_alloc(), nvml.gpm_alloc()
+        for pair in dev.gpm_pairs():
+            pair.older, pair.newer, pair.at = nvml.gpm_alloc(), nvml.gpm_alloc(), None
     except NvmlError as exc:
         problems.note(dev.gpu, "GPM", exc)
         stop_gpm(nvml, dev)
         return
-    dev.gpm, dev.gpm_at = True, None
+    dev.gpm = True
 
 
 def stop_gpm(nvml: Any, dev: Device) -> None:
     """Free ``dev``'s GPM buffers; errors are ignored (the GPU may already be gone)."""
-    for sample in (dev.gpm_older, dev.gpm_newer):
-        if sample is not None:
-            try:
-                nvml.gpm_free(sample)
-            except NvmlError:
-                pass
-    dev.gpm, dev.gpm_older, dev.gpm_newer, dev.gpm_at = False, None, None, None
+    for pair in (dev.gpm_fast, dev.gpm_slow):
+        for sample in pair.buffers():
+            if sample is not None:
+                try:
+                    nvml.gpm_free(sample)
+                except NvmlError:
+                    pass
+        pair.older, pair.newer, pair.at = None, None, None
+    dev.gpm = False
 
 
 def close_device(nvml: Any, dev: Device) -> None:
@@ -249,8 +293,8 @@ def read_fast(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], fl
             v["power_w"] = probe(nvml.power_usage_w, problems, gpu, "power usage", h)
         v["sm_clock_mhz"] = probe(nvml.sm_clock_mhz, problems, gpu, "SM clock", h)
         v["clocks_event_reasons"] = probe(nvml.clocks_event_reasons, problems, gpu, "clock event reasons", h)
-    if dev.gpm:
-        v.update(_read_gpm(nvml, dev, problems, clock))
+    if dev.gpm and dev.gpm_fast.signals:
+        v.update(_read_gpm(nvml, dev, dev.gpm_fast, problems, clock))
     return {k: x for k, x in v.items() if x is not None}
 
 
@@ -294,20 +338,22 @@ def _rate(dev: Device, signal: str, total: float, now_mono: float) -> float | No
     return (total - prev[0]) / (now_mono - prev[1])
 
 
-def _read_gpm(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], float]) -> dict[str, float]:
+def _read_gpm(nvml: Any, dev: Device, pair: GpmPair, problems: Problems,
+              clock: Callable[[], float]) -> dict[str, float]:
+    """Take a GPM sample into ``pair`` and compute its metrics since the pair's previous sample."""
     now_mono = clock()
-    if dev.gpm_at is not None:
-        wait = GPM_MIN_GAP_S - (now_mono - dev.gpm_at)
+    if pair.at is not None:
+        wait = GPM_MIN_GAP_S - (now_mono - pair.at)
         if wait > GPM_MAX_WAIT_S:
             return {}  # far too soon: NVML cannot give metrics over less than 100 ms
         if wait > 0:
             time.sleep(wait)  # scheduler jitter; costs no CPU
-            now_mono = max(clock(), dev.gpm_at + GPM_MIN_GAP_S)
+            now_mono = max(clock(), pair.at + GPM_MIN_GAP_S)
     try:
         if dev.is_mig_instance:
-            nvml.gpm_mig_sample(dev.parent.handle, dev.gpu_instance, dev.gpm_older)
+            nvml.gpm_mig_sample(dev.parent.handle, dev.gpu_instance, pair.older)
         else:
-            nvml.gpm_sample(dev.handle, dev.gpm_older)
+            nvml.gpm_sample(dev.handle, pair.older)
     except (GpuLost, NvmlUnavailable):
         raise
     except NvmlError as exc:
@@ -316,12 +362,12 @@ def _read_gpm(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], fl
             stop_gpm(nvml, dev)
         return {}
     # the buffer just filled becomes the newer one; the previous newer is now the older
-    dev.gpm_older, dev.gpm_newer = dev.gpm_newer, dev.gpm_older
-    first, dev.gpm_at = dev.gpm_at is None, now_mono
+    pair.older, pair.newer = pair.newer, pair.older
+    first, pair.at = pair.at is None, now_mono
     if first:
         return {}
-    metrics = dev.gpm_signals
-    got = probe(nvml.gpm_metrics, problems, dev.gpu, "GPM metrics", dev.gpm_older, dev.gpm_newer,
+    metrics = pair.signals
+    got = probe(nvml.gpm_metrics, problems, dev.gpu, "GPM metrics", pair.older, pair.newer,
                 [m for _, m, _ in metrics])
     out: dict[str, float] = {}
     for (sig, _mid, factor), value in zip(metrics, got or ()):
@@ -329,14 +375,17 @@ def _read_gpm(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], fl
             problems.note(dev.gpu, f"GPM {sig}", value)
         else:
             out[sig] = value * factor
-    dev.gpm_signals = [m for m in metrics if not problems.off(dev.gpu, f"GPM {m[0]}")]
+    pair.signals = [m for m in metrics if not problems.off(dev.gpu, f"GPM {m[0]}")]
     if not dev.gpm_signals:
         stop_gpm(nvml, dev)
     return out
 
 
-def read_slow(nvml: Any, dev: Device, problems: Problems) -> dict[str, float | None]:
-    """Memory, temperature, energy, uncorrected ECC errors and retired pages.
+def read_slow(nvml: Any, dev: Device, problems: Problems, clock: Callable[[], float],
+              energy_interval_s: float = 0.0) -> dict[str, float | None]:
+    """Memory, temperature, energy (when ``energy_interval_s`` has passed since the last
+    reading), uncorrected ECC errors, retired pages, and the costly GPM metrics
+    (GRAPHICS_UTIL) averaged since the previous slow tick.
 
     ``retired_pages`` counts retired pages (before Ampere) or, where the GPU remaps rows
     instead (Ampere and newer), remapped rows; ``ecc_errors_uncorrected`` counts volatile
@@ -346,10 +395,17 @@ def read_slow(nvml: Any, dev: Device, problems: Problems) -> dict[str, float | N
     mem = probe(nvml.memory, problems, dev.gpu, "memory", dev.handle)
     if mem is not None:
         v["mem_used_bytes"], v["mem_total_bytes"] = mem
+    if dev.gpm and dev.gpm_slow.signals:
+        v.update(_read_gpm(nvml, dev, dev.gpm_slow, problems, clock))
     if dev.is_mig_instance:
         return v
     v["temperature_c"] = probe(nvml.temperature_c, problems, dev.gpu, "temperature", dev.handle)
-    f = _fields(nvml, dev, problems, [(name, fid, 0) for name, fid in SLOW_FIELDS])
+    now_mono = clock()
+    energy_due = dev.energy_at is None or now_mono - dev.energy_at >= energy_interval_s
+    if energy_due:
+        dev.energy_at = now_mono
+    f = _fields(nvml, dev, problems, [(name, fid, 0) for name, fid in SLOW_FIELDS
+                                      if energy_due or (name, fid) != ENERGY_FIELD])
     if "energy" in f:
         v["energy_j"] = f["energy"] / 1000.0
     if "ecc_dbe" in f:

@@ -107,6 +107,7 @@ class FakeNvml:
         self.initialised = 0
         self.calls: collections.Counter[str] = collections.Counter()
         self.gpm_live: set[int] = set()          # ids of allocated, not yet freed GPM samples
+        self.gpm_metric_requests: list[tuple[int, ...]] = []   # metric ids of every gpm_metrics call
         self.event_sets: list[FakeEventSet] = []
         self._events: queue.Queue[EventData] = queue.Queue()
         self._lock = threading.Lock()
@@ -231,6 +232,7 @@ class FakeNvml:
                     metric_ids: Sequence[int]) -> list[float | NvmlError]:
         self._count("gpm_metrics")
         self._check_library()
+        self.gpm_metric_requests.append(tuple(metric_ids))
         if older.values is None or newer.values is None or older.owner != newer.owner:
             raise NvmlError(ERROR_INVALID_ARGUMENT, "GPM samples are empty or from different GPUs")
         return [newer.values[m] if m in newer.values else NotSupported(ERROR_NOT_SUPPORTED, f"GPM metric {m}")

@@ -13,7 +13,7 @@ from infersight.daemon.gpu_device import MIB
 from infersight.daemon.nvml_api import (
     ALL_LINKS, EVENT_DOUBLE_BIT_ECC, EVENT_XID, FI_ECC_DBE_VOL_TOTAL, FI_NVLINK_THROUGHPUT_DATA_RX,
     FI_NVLINK_THROUGHPUT_DATA_TX, FI_PCIE_COUNT_RX_BYTES, FI_PCIE_COUNT_TX_BYTES, FI_POWER_INSTANT, FI_REMAPPED_COR,
-    FI_REMAPPED_UNC, FI_TOTAL_ENERGY_CONSUMPTION, GPM_ANY_TENSOR_UTIL, GPM_PCIE_RX_PER_SEC, GPM_PCIE_TX_PER_SEC,
+    FI_REMAPPED_UNC, FI_TOTAL_ENERGY_CONSUMPTION, GPM_ANY_TENSOR_UTIL, GPM_GRAPHICS_UTIL, GPM_PCIE_RX_PER_SEC, GPM_PCIE_TX_PER_SEC,
     EventData, ProcessUtil,
 )
 from infersight.daemon.nvml_fake import FakeGpu, FakeMig, FakeNvml, gpm_values
@@ -69,8 +69,8 @@ async def test_gpm_gpu_reports_every_signal_in_its_unit():
     v = s.values
     assert (v["util_gpu"], v["util_mem"], v["power_w"], v["sm_clock_mhz"], v["clocks_event_reasons"]) == (
         100.0, 63.0, 510.0, 1755.0, 4)
-    assert (v["sm_util"], v["sm_occupancy"], v["tensor_util"], v["dram_bw_util"], v["graphics_util"]) == (
-        96.6, 40.5, 93.8, 25.8, 97.0)
+    assert (v["sm_util"], v["sm_occupancy"], v["tensor_util"], v["dram_bw_util"]) == (96.6, 40.5, 93.8, 25.8)
+    assert "graphics_util" not in v           # a slow-tick signal (its NVML computation is costly)
     assert (v["pcie_tx_bytes_s"], v["pcie_rx_bytes_s"]) == (3 * MIB, 5 * MIB)
     assert (v["nvlink_tx_bytes_s"], v["nvlink_rx_bytes_s"]) == (7 * MIB, 11 * MIB)
     # slow figures came with the first tick
@@ -78,6 +78,34 @@ async def test_gpm_gpu_reports_every_signal_in_its_unit():
     assert (slow["mem_used_bytes"], slow["mem_total_bytes"], slow["temperature_c"]) == (10 << 30, 80 << 30, 55.0)
     assert (slow["energy_j"], slow["ecc_errors_uncorrected"], slow["retired_pages"]) == (9000.0, 0, 3)
     assert "mem_used_bytes" not in v
+
+
+async def test_graphics_util_is_the_slow_interval_average_unless_asked_for_every_tick():
+    c, nvml, clock = make([busy_h100()], fast_interval_s=0.5, slow_interval_s=5.0)
+    batches = await ticks(c, clock, 21)  # 10.5 s: slow ticks at 0, 5 and 10 s
+    with_graphics = [i for i, b in enumerate(batches) if "graphics_util" in b.gpu_samples[0].values]
+    assert with_graphics == [10, 20]     # the slow pair's first sample gives no figure
+    assert batches[10].gpu_samples[0].values["graphics_util"] == 97.0
+    assert all("sm_util" in b.gpu_samples[0].values for b in batches[1:])
+    # GRAPHICS_UTIL is asked only in its own (slow) calls, never with the fast metrics
+    assert [r for r in nvml.gpm_metric_requests if GPM_GRAPHICS_UTIL in r] == [(GPM_GRAPHICS_UTIL,)] * 2
+    assert len(nvml.gpm_live) == 4        # two buffers per pair
+
+    c, nvml, clock = make([busy_h100()], fast_graphics_util=True)
+    batches = await ticks(c, clock, 3)
+    assert ["graphics_util" in b.gpu_samples[0].values for b in batches] == [False, True, True]
+    assert len(nvml.gpm_live) == 2
+
+
+async def test_energy_is_read_every_energy_interval_only():
+    gpu = busy_h100()
+    c, nvml, clock = make([gpu], fast_interval_s=0.5, slow_interval_s=5.0, energy_interval_s=20.0)
+    batches = await ticks(c, clock, 90)  # 45 s: slow ticks every 5 s, energy at 0, 20 and 40 s
+    with_energy = [i for i, b in enumerate(batches) if "energy_j" in b.gpu_samples[0].values]
+    assert with_energy == [0, 40, 80]
+    with_ecc = [i for i, b in enumerate(batches) if "ecc_errors_uncorrected" in b.gpu_samples[0].values]
+    assert with_ecc == list(range(0, 90, 10))
+    assert "field energy" not in c.status()["gpus"][0]["unsupported"]   # leaving it out is not a failure
 
 
 async def test_slow_signals_follow_the_slow_interval():
@@ -172,14 +200,14 @@ async def test_lost_gpu_is_marked_backed_off_and_reopened():
     good, bad = busy_h100("GPU-good"), busy_h100("GPU-bad")
     c, nvml, clock = make([good, bad])
     await ticks(c, clock, 2)
-    assert len(nvml.gpm_live) == 4
+    assert len(nvml.gpm_live) == 8
     bad.lost = True
     (b,) = await ticks(c, clock, 1)
     assert [s.gpu for s in b.gpu_samples] == [0]
     (ev,) = b.events
     assert (ev.kind, ev.gpu, ev.open, ev.severity) == ("gpu_lost", 1, True, "critical")
     assert any("GPU 1" in e and "lost" in e for e in b.errors)
-    assert len(nvml.gpm_live) == 2                     # its GPM buffers were freed
+    assert len(nvml.gpm_live) == 4                     # its GPM buffers were freed
     assert c.status()["gpus"][1]["state"] == "lost"
     # re-open attempts back off: 1 s, then 2 s, then 4 s after each failure
     attempts = []
@@ -284,7 +312,7 @@ async def test_mig_reconfiguration_and_broken_instances_never_crash():
     gpu.instances = [FakeMig(1, "MIG-aaa")]
     b = (await ticks(c, clock, 1))[0]
     assert [i.gpu for i in b.gpu_info] == [101]
-    assert len(nvml.gpm_live) == 4                    # parent's two + one instance's two
+    assert len(nvml.gpm_live) == 8                    # two pairs (fast, slow) of two for the parent and the instance
     gpu.instances[0].memory = None                    # an instance without memory figures
     b = (await ticks(c, clock, 2))[-1]
     assert {s.gpu for s in b.gpu_samples} == {0, 101}

@@ -2,11 +2,13 @@
 dcgm-exporter's profiling fields for GPUs without GPM.
 
 One collector, one cadence: the runner calls :meth:`GpuCollector.collect` every
-``fast_interval_s``; every tick reads utilization, GPM, power, SM clock and clock event
-reasons, and the first tick after ``slow_interval_s`` has passed also reads memory,
-temperature, energy, ECC, retired pages and processes. One collector rather than two
-because both cadences share the NVML handles, the GPM buffers and the lost-GPU state, and a
-slow tick costs one thread hop instead of two.
+``fast_interval_s``; every tick reads utilization, GPM (all but graphics_util), power, SM
+clock and clock event reasons, and the first tick after ``slow_interval_s`` has passed also
+reads memory, temperature, ECC, retired pages, processes and GPM graphics_util (its
+computation alone costs NVML more CPU than the rest of a fast tick: gpu_device.py), and
+the energy counter every ``energy_interval_s`` (about 4 ms of NVML CPU per read). One
+collector rather than two because both cadences share the NVML handles, the GPM buffers
+and the lost-GPU state, and a slow tick costs one thread hop instead of two.
 
 Each tick runs in one worker thread (``asyncio.to_thread``). Per GPU and tick it emits one
 GpuSample with source "gpm" (NVML + GPM figures) or "nvml" (no GPM); dcgm-exporter figures
@@ -163,7 +165,8 @@ class GpuCollector:
         for d in [dev, *dev.instances]:
             values = read_fast(self._nvml, d, self._problems, self._clock)
             if slow:
-                values.update(read_slow(self._nvml, d, self._problems))
+                values.update(read_slow(self._nvml, d, self._problems, self._clock,
+                                        self.config.energy_interval_s - self.interval_s / 2))
                 # a MIG parent's processes are listed by its instances
                 if not (d is dev and dev.instances):
                     for p in read_processes(self._nvml, d, self._problems, now):
@@ -180,7 +183,7 @@ class GpuCollector:
             return
         for inst in dev.instances:
             close_device(self._nvml, inst)
-        dev.instances = open_instances(self._nvml, dev, self._problems)
+        dev.instances = open_instances(self._nvml, dev, self._problems, self.config.fast_graphics_util)
         batch.gpu_info.extend(d.info for d in dev.instances if d.info)
         log.info("GPU %d: MIG instances are now %s", dev.gpu, sorted(d.gpu for d in dev.instances))
 
@@ -205,7 +208,8 @@ class GpuCollector:
         self._devices = []
         for index in range(count):
             try:
-                dev = open_device(nvml, index, self._driver, self.config.gpm, self._problems)
+                dev = open_device(nvml, index, self._driver, self.config.gpm, self._problems,
+                                  fast_graphics_util=self.config.fast_graphics_util)
             except NvmlUnavailable as exc:
                 self._reset(mono, f"NVML stopped working while opening GPU {index}: {exc}", batch)
                 return
@@ -242,7 +246,8 @@ class GpuCollector:
         old = self._devices[i]
         try:
             handle = self._nvml.handle_by_uuid(old.uuid) if old.uuid else None
-            dev = open_device(self._nvml, old.gpu, self._driver, self.config.gpm, self._problems, handle=handle)
+            dev = open_device(self._nvml, old.gpu, self._driver, self.config.gpm, self._problems, handle=handle,
+                              fast_graphics_util=self.config.fast_graphics_util)
         except NvmlUnavailable:
             raise
         except NvmlError as exc:
