@@ -31,7 +31,7 @@ from .seconds import build_seconds, serving_pids
 log = logging.getLogger("infersight.analysis")
 
 MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart after a long stop)
-KEEP_SECONDS_S = 3 * 3600    # per-second features kept in memory for open events' evidence
+KEEP_SECONDS_S = 3 * 3600    # at most this much of an open gap run's seconds is kept in memory
 
 
 @dataclass
@@ -39,8 +39,9 @@ class GpuState:
     gaps: RunTracker
     mismatch: MismatchDetector
     saturation: SaturationDetector
+    # the seconds of the gap run still open: the evidence of its events, re-made every tick.
+    # Seconds outside a run are never needed again once the tick that saw them is done.
     seconds: dict[int, Second] = field(default_factory=dict)
-    classes: dict[int, str] = field(default_factory=dict)
 
 
 class Analyzer:
@@ -148,7 +149,6 @@ class Analyzer:
                 culprit = f"{busiest.pid}:{busiest.top_leaf}"
             finished += st.gaps.feed(s.t, feed_class, culprit)
             st.seconds[s.t] = s
-            st.classes[s.t] = klass
             st.mismatch.feed(s, klass)
             st.saturation.feed(s, klass)
             windows.append(Window(start=float(s.t), end=float(s.t + 1), gpu=gpu, klass=klass, features=features))
@@ -161,9 +161,9 @@ class Analyzer:
         foreign = self._foreign(gpu, targets, t_from, t_to, serving)
         events += st.mismatch.events(self.host, gpu, foreign)
         events += st.saturation.events(self.host, gpu)
-        for t in [t for t in st.seconds if t < t_to - KEEP_SECONDS_S]:
-            st.seconds.pop(t, None)
-            st.classes.pop(t, None)
+        keep_from = max(st.gaps.open_since() or t_to, t_to - KEEP_SECONDS_S)
+        for t in [t for t in st.seconds if t < keep_from]:
+            del st.seconds[t]
         return events
 
     def _foreign(self, gpu: int, targets: list[dict], t_from: int, t_to: int, serving: dict[int, str]) -> list[dict]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from dataclasses import replace
 
 from ..config import AnalysisConfig
 from ..model import Event
@@ -51,7 +52,7 @@ class MismatchDetector:
             self.details[s.t] = detail
         self.finished += self.tracker.feed(s.t, "mismatch" if flagged else "ok")
         if not flagged and klass in BUSY_CLASSES and _tokens(s) > 0:
-            self.history.append(s)
+            self.history.append(replace(s, processes=[]))   # the baseline reads GPU and engine figures only
         while self.history and self.history[0].t < s.t - self.cfg.baseline_s:
             self.history.popleft()
         for t in [t for t in self.details if t < s.t - 3 * 3600]:

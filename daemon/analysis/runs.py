@@ -56,6 +56,10 @@ class RunTracker:
             return self._close()
         return []
 
+    def open_since(self) -> int | None:
+        """First second of the run in progress (None when there is none)."""
+        return self._run[0][0] if self._run else None
+
     def open_segments(self) -> list[Segment]:
         """Segments of the run still in progress (the last may grow)."""
         return [s for s in _segment(self._run, self.min_s) if s.duration >= self.min_s]
