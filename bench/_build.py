@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infersight.daemon.analysis.analyzer import Analyzer
-from infersight.daemon.config import Config
+from infersight.daemon.config import Config, store_options
 from infersight.storage import retention
 from infersight.storage.store import Store
 
@@ -59,8 +59,7 @@ def build(path: str, config: Config, workload: Workload, hours: float, t_to: int
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     span = int(hours * 3600)
     t_from = t_to - span
-    store = Store.open(path, host=config.host, queue_max_batches=config.storage.queue_max_batches,
-                       flush_interval_s=config.storage.flush_interval_s)
+    store = Store.open(path, host=config.host, **store_options(config.storage))
     policy = policy_of(config)
     clock = [float(t_from)]
     analyzer = Analyzer(config, store, clock=lambda: clock[0]) if analysis else None

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from infersight.daemon.config import Config
+from infersight.daemon.config import Config, store_options
 from infersight.storage.store import Store
 from infersight.web.app import create_app
 
@@ -92,7 +92,7 @@ async def _run(config: Config, store: Store, queries, repeats: int) -> list[Timi
 
 def time_queries(config: Config, path: str, t_from: float, t_to: float, repeats: int = 20) -> list[Timing]:
     """Open ``path`` as the daemon does and time :func:`query_set` (see the module docstring)."""
-    store = Store.open(path, host=config.host)
+    store = Store.open(path, host=config.host, **store_options(config.storage))
     try:
         return asyncio.run(_run(config, store, query_set(t_from, t_to), repeats))
     finally:

@@ -37,6 +37,16 @@ class StorageConfig:
     rollup_after_hours: float = opt(6.0, "1 s data older than this is rolled up to rollup_bucket_s (hours)", min=0.01)
     rollup_bucket_s: int = opt(60, "bucket of rolled-up data (seconds)", min=2, max=3600)
     maintenance_interval_s: float = opt(60.0, "how often retention and rollups run (seconds)", min=1)
+    duckdb_threads: int = opt(2, "DuckDB worker threads; DuckDB's own default is one per core, which lets one "
+                                 "long query take every core of the host (count)", min=1, max=256)
+    duckdb_memory_limit_mb: float = opt(128.0, "DuckDB buffer pool limit; larger sorts and aggregations spill to "
+                                               "the file's .tmp folder (MiB)", min=32)
+
+
+def store_options(storage: StorageConfig) -> dict:
+    """Keyword arguments of ``Store.open`` that come from the config (all but path and host)."""
+    return {"queue_max_batches": storage.queue_max_batches, "flush_interval_s": storage.flush_interval_s,
+            "threads": storage.duckdb_threads, "memory_limit_mb": storage.duckdb_memory_limit_mb}
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import orjson
 from ..storage import events as q_events
 from ..storage.store import Store, StoreError
 from .analysis.analyzer import Analyzer
-from .config import Config, with_overrides
+from .config import Config, store_options, with_overrides
 from .model import Batch, ProcessSample, SamplingStat, StackSample, Target
 from .pyspy_parse import parse_raw
 from .replay_engine import replay_engine_lines
@@ -182,8 +182,7 @@ def main(directory: str, *, db: str, as_json: bool, config: Config, out: IO[str]
         return 2
     config = with_overrides(config, **{"storage.path": db})
     try:
-        store = Store.open(db, host=config.host, queue_max_batches=config.storage.queue_max_batches,
-                           flush_interval_s=config.storage.flush_interval_s)
+        store = Store.open(db, host=config.host, **store_options(config.storage))
     except StoreError as exc:
         print(f"infersight: replay: {exc}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from ..storage.events import upsert_events
 from ..storage.store import Store
 from .collectors import build_collectors
 from .collectors.base import Collector
-from .config import Config
+from .config import Config, store_options
 from .logfmt import kv
 from .model import Batch
 from .runner import Runner
@@ -91,8 +91,7 @@ class Daemon:
     async def run(self) -> int:
         """Run until a stop signal; returns the process exit code."""
         cfg = self.config
-        store = Store.open(cfg.storage.path, host=cfg.host, queue_max_batches=cfg.storage.queue_max_batches,
-                           flush_interval_s=cfg.storage.flush_interval_s)
+        store = Store.open(cfg.storage.path, host=cfg.host, **store_options(cfg.storage))
         collectors = build_collectors(cfg) + self._extra_collectors
         runner = Runner(collectors, self._sink)
         self.agent = agent = Agent(cfg, store, runner)

@@ -18,7 +18,8 @@ from .runtime import split_listen
 async def serve(config: Config, db: str, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> int:
     try:
-        store = Store.open(db, read_only=True)
+        store = Store.open(db, read_only=True, threads=config.storage.duckdb_threads,
+                           memory_limit_mb=config.storage.duckdb_memory_limit_mb)
     except StoreError as exc:
         print(f"infersight: serve: {exc}", file=sys.stderr)
         return 1

@@ -44,8 +44,14 @@ class Store:
 
     @classmethod
     def open(cls, path: str, *, host: str = "", queue_max_batches: int = 2048, flush_interval_s: float = 1.0,
-             read_only: bool = False) -> "Store":
-        """Open (creating folder and file) and migrate; ``read_only`` never writes or migrates."""
+             read_only: bool = False, threads: int | None = None, memory_limit_mb: float | None = None) -> "Store":
+        """Open (creating folder and file) and migrate; ``read_only`` never writes or migrates.
+
+        ``threads`` caps DuckDB's worker threads (by default it starts one per core, and an
+        agent's 24 h query should not take every core of an inference host); ``memory_limit_mb``
+        caps its buffer pool (MiB; large sorts and aggregations then spill to ``<path>.tmp``).
+        None leaves DuckDB's own default.
+        """
         if path != ":memory:" and not read_only:
             try:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +63,11 @@ class Store:
             raise StoreError(f"cannot open {path}: {_first_line(exc)}") from None
         except duckdb.Error as exc:
             raise StoreError(f"cannot open {path}: {_first_line(exc)}") from None
+        try:
+            _limit_resources(con, threads, memory_limit_mb)
+        except duckdb.Error as exc:
+            con.close()
+            raise StoreError(f"cannot apply DuckDB limits to {path}: {_first_line(exc)}") from None
         if read_only:
             version = schema.applied_version(con)
             if version > schema.CURRENT_VERSION:
@@ -162,6 +173,14 @@ class Store:
         except duckdb.Error:
             pass  # a full disk must not turn shutdown into a crash; the WAL replays at next open
         self._con.close()
+
+
+def _limit_resources(con, threads: int | None, memory_limit_mb: float | None) -> None:
+    # SET takes no bind parameters; the values are formatted from validated numbers only
+    if threads is not None:
+        con.execute(f"SET threads = {int(threads)}")
+    if memory_limit_mb is not None:
+        con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MiB'")
 
 
 def _first_line(exc: BaseException) -> str:

@@ -266,3 +266,20 @@ def test_a_reused_pid_is_a_new_target(store):
         (7, 1.0), (7, 2.0)]
     only_new = stacks.ProfileFilter(pids=(7,))
     assert store.read_sync(stacks.profile, 100, 102, only_new).total == 20
+
+
+def test_duckdb_threads_and_memory_limit_come_from_the_config(tmp_path):
+    from infersight.daemon.config import Config, store_options, with_overrides
+    cfg = with_overrides(Config(), **{"storage.duckdb_threads": 3, "storage.duckdb_memory_limit_mb": 96})
+    store = Store.open(str(tmp_path / "lim.duckdb"), **store_options(cfg.storage))
+    try:
+        got = store.read_sync(lambda c: c.execute(
+            "SELECT current_setting('threads'), current_setting('memory_limit')").fetchone())
+        assert got == (3, "96.0 MiB")
+    finally:
+        store.close()
+    ro = Store.open(str(tmp_path / "lim.duckdb"), read_only=True, threads=1, memory_limit_mb=40)
+    try:
+        assert ro.read_sync(lambda c: c.execute("SELECT current_setting('threads')").fetchone()) == (1,)
+    finally:
+        ro.close()
