@@ -30,6 +30,9 @@ _ROLLUPS = {
     "gpu_samples": ("t", "gpu, source", ", ".join(f"avg({s})" if s != "clocks_event_reasons" else f"bit_or({s})"
                                                   for s in GPU_SIGNALS), "gpu, source, " + ", ".join(GPU_SIGNALS)),
     "engine_samples": ("t", "endpoint, engine, model, signal", "avg(value)", "endpoint, engine, model, signal, value"),
+    # the engines' raw series are counters as often as gauges: the bin keeps its last value,
+    # from which counters still give rates and gauges a reading
+    "raw_samples": ("t", "series", "arg_max(value, t)", "series, value"),
     "process_samples": ("t", "target", "avg(cpu_percent), avg(rss_bytes)::BIGINT, avg(threads)::INTEGER, "
                         "max(ctx_voluntary), max(ctx_involuntary)",
                         "target, cpu_percent, rss_bytes, threads, ctx_voluntary, ctx_involuntary"),

@@ -83,6 +83,16 @@ def test_rollup_keeps_totals_and_averages_gauges(store):
     assert store.read_sync(stacks.profile, T0, T0 + 180).total == 360
 
 
+def test_rollup_keeps_the_last_value_of_raw_engine_series(store):
+    store.write_sync(lambda c: c.execute(
+        "INSERT INTO raw_samples SELECT ? + i, s, (i * s)::DOUBLE FROM range(180) r(i), range(1, 3) q(s)", [T0]))
+    store.write_sync(retention.rollup, T0 + 120, 60)
+    got = store.read_sync(lambda c: c.execute(
+        "SELECT t, series, value FROM raw_samples WHERE t < ? ORDER BY series, t", [T0 + 120]).fetchall())
+    assert got == [(T0, 1, 59.0), (T0 + 60, 1, 119.0), (T0, 2, 118.0), (T0 + 60, 2, 238.0)]
+    assert rows(store, "raw_samples", "t >= ?", [T0 + 120]) == 120   # the newest minute is untouched
+
+
 def test_maintenance_rolls_up_then_ages_out(store):
     fill(store, [T0 + i for i in range(0, 240)])
     now = T0 + 240
