@@ -60,6 +60,26 @@ def require_tool(name: str) -> str:
     return found
 
 
+def require_pyspy() -> str:
+    """Path of py-spy as the stacks collector finds it; pytest.fail when missing (it is a
+    dependency of infersight, never a reason to skip)."""
+    from infersight.daemon.pyspy_runner import find_pyspy
+    found = find_pyspy()
+    if found is None:
+        pytest.fail(f"py-spy is not installed: {INSTALL_HINTS['py-spy']}", pytrace=False)
+    return found
+
+
+def require_in_ci(ok: bool, reason: str) -> None:
+    """A precondition CI provides (make test runs as root there): fails under CI=true when
+    ``ok`` is false, skips elsewhere (a developer's unprivileged checkout)."""
+    if ok:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI provides it)", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(name="require_tool")
 def require_tool_fixture() -> Callable[[str], str]:
     return require_tool
@@ -173,3 +193,26 @@ def agent_process():
     yield start
     for agent in started:
         agent.kill()
+
+
+@pytest.fixture
+def spawn():
+    """Factory of child processes, killed at teardown. ``start(args)`` runs ``python args...``
+    and reads its first stdout line into ``proc.first_line``; ``python=False`` runs ``args`` as is."""
+    procs: list[subprocess.Popen] = []
+
+    def start(args: list[str], python: bool = True) -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, *args] if python else args, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        procs.append(proc)
+        if python:
+            assert proc.stdout is not None
+            proc.first_line = proc.stdout.readline()  # type: ignore[attr-defined]
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+        proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()

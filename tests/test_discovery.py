@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 import psutil
 import pytest
@@ -16,27 +13,6 @@ from infersight.daemon.config import TargetsConfig
 from infersight.daemon.discovery import Discovery, NvmlProcesses, diff, infer_role
 
 PROGRAMS = Path(__file__).parent / "programs"
-
-
-@pytest.fixture
-def spawn() -> Iterator:
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], python: bool = True) -> subprocess.Popen:
-        cmd = [sys.executable, *args] if python else args
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        procs.append(proc)
-        if python:
-            assert proc.stdout is not None
-            proc.first_line = proc.stdout.readline()  # type: ignore[attr-defined]
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
 
 
 def _config(tag: str, **kw) -> TargetsConfig:

@@ -12,8 +12,9 @@ import pytest
 
 from infersight.daemon.collectors.stacks import StacksCollector
 from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
-from infersight.daemon.pyspy_runner import find_pyspy
 from infersight.storage import render, stacks
+
+from conftest import require_pyspy
 
 PROGRAM = Path(__file__).parent / "programs" / "hotcold.py"
 
@@ -25,8 +26,8 @@ def _find(node: dict, name: str) -> list[dict]:
     return found
 
 
-@pytest.mark.skipif(find_pyspy() is None, reason="needs py-spy (the py-spy wheel)")
 def test_hot_function_share_in_the_stored_flame_graph(store):
+    require_pyspy()
     proc = subprocess.Popen([sys.executable, str(PROGRAM)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"

@@ -5,13 +5,11 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import pytest
 
@@ -20,32 +18,15 @@ from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
 from infersight.daemon.model import Batch, StackSample
 from infersight.daemon.pyspy_runner import find_pyspy
 
+from conftest import require_in_ci, require_pyspy
+
 PROGRAMS = Path(__file__).parent / "programs"
 PYSPY = find_pyspy()
 
-pytestmark = pytest.mark.skipif(PYSPY is None or not sys.platform.startswith("linux"),
-                                reason="needs py-spy (the py-spy wheel) on Linux")
 
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-
-    def start(args: list[str], python: bool = True) -> subprocess.Popen:
-        proc = subprocess.Popen([sys.executable, *args] if python else args, stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        procs.append(proc)
-        if python:
-            assert proc.stdout is not None
-            proc.first_line = proc.stdout.readline()  # type: ignore[attr-defined]
-        return proc
-
-    yield start
-    for proc in procs:
-        proc.kill()
-        proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+@pytest.fixture(autouse=True)
+def _pyspy_installed() -> None:
+    require_pyspy()
 
 
 def make_collector(pids=(), patterns=(), pyspy_path: str = "", **stacks) -> StacksCollector:
@@ -197,9 +178,9 @@ async def test_non_python_process_is_a_clear_error(spawn) -> None:
     assert not samples_of(batches, proc.pid)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
-                    reason="needs root and setpriv to run py-spy without CAP_SYS_PTRACE")
 async def test_permission_denied_names_the_capability(spawn, tmp_path: Path) -> None:
+    require_in_ci(os.geteuid() == 0 and shutil.which("setpriv") is not None,
+                  "needs root and setpriv to run py-spy without CAP_SYS_PTRACE")
     # A root process without CAP_SYS_PTRACE cannot read a process that holds more
     # capabilities than it does: the same refusal an agent under a hardened unit gets.
     wrapper = tmp_path / "py-spy-without-ptrace"
