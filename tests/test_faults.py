@@ -96,26 +96,21 @@ def test_sigkill_during_heavy_ingest_keeps_every_commit(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, str(script), str(db), str(rows_per_batch)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env)
-    submitted: list[int] = []
-    dropped: list[int] = []
-    durable: list[int] = []
-    acked_events: list[str] = []
-    acked_outbox: list[int] = []
+    # what the child printed, by kind: batch numbers ("sub", "drop"), durable row counts,
+    # acknowledged event ids and outbox ids
+    seen: dict[str, list] = {"sub": [], "drop": [], "durable": [], "event": [], "outbox": []}
+    submitted, dropped, durable, acked_events, acked_outbox = seen.values()
+
+    def record(line: str) -> None:
+        kind, _, value = line.strip().partition(" ")
+        if kind in seen:
+            seen[kind].append(value if kind == "event" else int(value))
+
     deadline = time.monotonic() + 120
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            kind, _, value = line.strip().partition(" ")
-            if kind == "sub":
-                submitted.append(int(value))
-            elif kind == "drop":
-                dropped.append(int(value))
-            elif kind == "durable":
-                durable.append(int(value))
-            elif kind == "event":
-                acked_events.append(value)
-            elif kind == "outbox":
-                acked_outbox.append(int(value))
+            record(line)
             # kill in the middle of the stream: timer flushes and commands behind us
             if (len(acked_outbox) >= 3 and len(durable) >= 6) or time.monotonic() > deadline:
                 proc.send_signal(signal.SIGKILL)
@@ -133,15 +128,7 @@ def test_sigkill_during_heavy_ingest_keeps_every_commit(tmp_path):
     assert proc.returncode == -signal.SIGKILL, f"the child ended on its own ({proc.returncode}): {stderr[-2000:]}"
     # lines already in the pipe when it was killed still count (they were printed before the kill)
     for line in rest.splitlines():
-        kind, _, value = line.strip().partition(" ")
-        if kind == "sub":
-            submitted.append(int(value))
-        elif kind == "durable":
-            durable.append(int(value))
-        elif kind == "event":
-            acked_events.append(value)
-        elif kind == "outbox":
-            acked_outbox.append(int(value))
+        record(line)
 
     store = Store.open(str(db), host="crash-host")
     try:
