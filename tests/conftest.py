@@ -60,9 +60,10 @@ def require_tool(name: str) -> str:
     return found
 
 
-def require_pyspy() -> str:
-    """Path of py-spy as the stacks collector finds it; pytest.fail when missing (it is a
-    dependency of infersight, never a reason to skip)."""
+@pytest.fixture
+def pyspy() -> str:
+    """Path of py-spy as the stacks collector finds it; the test fails when it is missing (it is
+    a dependency of infersight, never a reason to skip)."""
     from infersight.daemon.pyspy_runner import find_pyspy
     found = find_pyspy()
     if found is None:
@@ -78,6 +79,11 @@ def require_in_ci(ok: bool, reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (CI provides it)", pytrace=False)
     pytest.skip(reason)
+
+
+@pytest.fixture(name="require_in_ci")
+def require_in_ci_fixture() -> Callable[[bool, str], None]:
+    return require_in_ci
 
 
 @pytest.fixture(name="require_tool")

@@ -14,8 +14,6 @@ from infersight.daemon.collectors.stacks import StacksCollector
 from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
 from infersight.storage import render, stacks
 
-from conftest import require_pyspy
-
 PROGRAM = Path(__file__).parent / "programs" / "hotcold.py"
 
 
@@ -26,8 +24,7 @@ def _find(node: dict, name: str) -> list[dict]:
     return found
 
 
-def test_hot_function_share_in_the_stored_flame_graph(store):
-    require_pyspy()
+def test_hot_function_share_in_the_stored_flame_graph(store, pyspy):
     proc = subprocess.Popen([sys.executable, str(PROGRAM)], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ready"

@@ -18,15 +18,13 @@ from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
 from infersight.daemon.model import Batch, StackSample
 from infersight.daemon.pyspy_runner import find_pyspy
 
-from conftest import require_in_ci, require_pyspy
-
 PROGRAMS = Path(__file__).parent / "programs"
 PYSPY = find_pyspy()
 
 
 @pytest.fixture(autouse=True)
-def _pyspy_installed() -> None:
-    require_pyspy()
+def _pyspy_installed(pyspy: str) -> None:
+    """Every test here drives the real py-spy: missing, they fail (conftest's ``pyspy``)."""
 
 
 def make_collector(pids=(), patterns=(), pyspy_path: str = "", **stacks) -> StacksCollector:
@@ -178,7 +176,7 @@ async def test_non_python_process_is_a_clear_error(spawn) -> None:
     assert not samples_of(batches, proc.pid)
 
 
-async def test_permission_denied_names_the_capability(spawn, tmp_path: Path) -> None:
+async def test_permission_denied_names_the_capability(spawn, tmp_path: Path, require_in_ci) -> None:
     require_in_ci(os.geteuid() == 0 and shutil.which("setpriv") is not None,
                   "needs root and setpriv to run py-spy without CAP_SYS_PTRACE")
     # A root process without CAP_SYS_PTRACE cannot read a process that holds more
