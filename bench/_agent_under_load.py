@@ -23,13 +23,13 @@ import asyncio
 import sys
 import time
 
-from infersight.daemon.analysis.analyzer import Analyzer
-from infersight.daemon.config import Config, with_overrides
-from infersight.daemon.logfmt import setup_logging
-from infersight.daemon.model import Batch
-from infersight.daemon.runtime import Daemon
-
 from _workload import Workload
+
+from infersight.daemon.analysis.analyzer import Analyzer
+from infersight.daemon.config.load import Config, with_overrides
+from infersight.daemon.logfmt import setup_logging
+from infersight.daemon.runtime import Daemon
+from infersight.storage.model import Batch
 
 
 class SimStacks:

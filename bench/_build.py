@@ -15,12 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from _workload import Workload
+
 from infersight.daemon.analysis.analyzer import Analyzer
-from infersight.daemon.config import Config, store_options
+from infersight.daemon.config.load import Config, store_options
 from infersight.storage import retention
 from infersight.storage.store import Store
-
-from _workload import Workload
 
 
 @dataclass

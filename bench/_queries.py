@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from infersight.daemon.config import Config, store_options
+from infersight.daemon.config.load import Config, store_options
 from infersight.storage.store import Store
 from infersight.web.app import create_app
 

@@ -7,8 +7,8 @@ ratio of 0.25 on an ``at_most`` target means a quarter of the budget is used.
 from __future__ import annotations
 
 import json
-import platform
 import os
+import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 

@@ -33,12 +33,24 @@ from pathlib import Path
 
 import numpy as np
 
-from infersight.daemon.config import Config
-from infersight.daemon.model import (Batch, EngineSample, Frame, GpuInfo, GpuProcessSample, GpuSample,
-                                     HistogramDelta, HostSample, ProcessSample, RawSeriesSample, SamplingStat,
-                                     StackSample, Target)
-from infersight.daemon.pyspy_parse import parse_raw
-from infersight.daemon.replay_engine import read_lines, replay_engine_lines
+from infersight.daemon.config.load import Config
+from infersight.daemon.replay.engine import read_lines, replay_engine_lines
+from infersight.daemon.stacks.parse import parse_raw
+from infersight.storage.model import (
+    Batch,
+    EngineSample,
+    Frame,
+    GpuInfo,
+    GpuProcessSample,
+    GpuSample,
+    HistogramDelta,
+    HostSample,
+    ProcessSample,
+    RawSeriesSample,
+    SamplingStat,
+    StackSample,
+    Target,
+)
 
 RECORDING = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "h100-scenario"
 HOST = "bench-host"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 async def run(seconds: float, rate: int | None) -> None:
     from infersight.daemon.collectors.stacks import StacksCollector
-    from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
+    from infersight.daemon.config.load import StacksCollectorConfig, TargetsConfig
 
     config = StacksCollectorConfig() if rate is None else StacksCollectorConfig(rate_hz=rate)
     program = Path(__file__).resolve().parent.parent / "tests" / "programs" / "threads.py"

@@ -30,11 +30,11 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from infersight.daemon.config import Config  # noqa: E402
-from infersight.storage.store import Store  # noqa: E402
-
 from _report import Figure, machine, print_table, save_json  # noqa: E402
 from _workload import Workload  # noqa: E402
+
+from infersight.daemon.config.load import Config  # noqa: E402
+from infersight.storage.store import Store  # noqa: E402
 
 TARGET_ROWS_S = 100_000.0
 CHUNK_S = 60

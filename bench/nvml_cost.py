@@ -3,7 +3,7 @@
 usage: python bench/nvml_cost.py [--ticks 100] [--seconds 30] [--fake [--fake-gpus N]]
 
 0. Each NVML call the collector makes, through its own seam on GPU 0: process CPU per call
-   (what decided which reads are fast and which slow: gpu_device.py).
+   (what decided which reads are fast and which slow: daemon/gpu/device.py).
 
 1. One tick per GPU: the collector is driven tick by tick (0.11 s apart, so GPM gets a
    sample pair every tick) and the process's CPU time (``time.process_time``: every thread,
@@ -26,10 +26,10 @@ import asyncio
 import time
 
 from infersight.daemon.collectors.gpu import GpuCollector
-from infersight.daemon.config import GpuCollectorConfig
-from infersight.daemon.gpu_device import COUNTER_FIELDS, GPM_COSTLY_METRICS, GPM_FAST_METRICS, SLOW_FIELDS
-from infersight.daemon.nvml_api import FI_POWER_INSTANT, Nvml, NvmlError
-from infersight.daemon.nvml_fake import FakeGpu, FakeNvml, gpm_values
+from infersight.daemon.config.load import GpuCollectorConfig
+from infersight.daemon.gpu.device import COUNTER_FIELDS, GPM_COSTLY_METRICS, GPM_FAST_METRICS, SLOW_FIELDS
+from infersight.daemon.gpu.fake_nvml import FakeGpu, FakeNvml, gpm_values
+from infersight.daemon.gpu.nvml import FI_POWER_INSTANT, Nvml, NvmlError
 
 TARGET_PCT = 0.5
 GPM_SPACING_S = 0.11

@@ -102,7 +102,7 @@ class Twin:
         return sum(struct.unpack_from(f"{SLOTS}Q", self.counters))
 
     def cpu(self) -> float:
-        from infersight.daemon.pyspy_budget import process_cpu_seconds
+        from infersight.daemon.stacks.budget import process_cpu_seconds
 
         return process_cpu_seconds(self.proc.pid) or 0.0
 
@@ -134,7 +134,7 @@ def _agent_cpu_now() -> tuple[float, float]:
 async def run_agent(pid: int, rate: int | None) -> None:
     """The agent for one target: prints "attached", then measures between "go" and "stop" lines."""
     from infersight.daemon.collectors.stacks import StacksCollector
-    from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
+    from infersight.daemon.config.load import StacksCollectorConfig, TargetsConfig
 
     config = StacksCollectorConfig() if rate is None else StacksCollectorConfig(rate_hz=rate)
     collector = StacksCollector(config, TargetsConfig(cmdline_patterns=(), use_nvml_processes=False),
@@ -241,7 +241,7 @@ def bench(kind: str, rounds: int, seconds: float, rate: int | None) -> None:
 
 
 def main() -> None:
-    from infersight.daemon.config import StacksCollectorConfig
+    from infersight.daemon.config.load import StacksCollectorConfig
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="rounds per target (5 or more)")

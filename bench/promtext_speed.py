@@ -10,7 +10,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from infersight.daemon.promtext import parse
+from infersight.daemon.engines.promtext import parse
 
 FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "engine-metrics"
 

@@ -28,15 +28,14 @@ import time
 from pathlib import Path
 
 import duckdb
-
-from infersight.daemon.analysis import analyzer as analyzer_module
-from infersight.daemon.config import Config, with_overrides
-
 from _build import build, remove_db, table_bytes
 from _queries import summary, time_queries
 from _report import Figure, machine, print_table, save_json
 from _rss import measure
 from _workload import Workload
+
+from infersight.daemon.analysis import analyzer as analyzer_module
+from infersight.daemon.config.load import Config, with_overrides
 
 TARGET_BYTES_PER_SAMPLE = 4.0
 TARGET_FLAME_1H_MS = 100.0

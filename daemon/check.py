@@ -16,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config
+from infersight.daemon.config.load import Config
 
 
 @dataclass
@@ -49,7 +49,7 @@ def check_storage(path: str) -> CheckResult:
 
 
 def check_port(listen: str) -> CheckResult:
-    from .runtime import split_listen
+    from infersight.daemon.config.listen import split_listen
 
     host, port = split_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -8,8 +8,9 @@ import argparse
 import asyncio
 import sys
 
-from .config import Config, ConfigError, load_config, with_overrides
-from .logfmt import setup_logging
+from infersight.daemon.config.listen import validate_runtime
+from infersight.daemon.config.load import Config, ConfigError, load_config, with_overrides
+from infersight.daemon.logfmt import setup_logging
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -84,20 +85,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return config
 
 
-def validate_runtime(config: Config) -> None:
-    """Checks that need more than one key (raise ConfigError naming the key)."""
-    from .runtime import split_listen
-
-    try:
-        host, _ = split_listen(config.web.listen)
-    except ValueError as exc:
-        raise ConfigError(f"web.listen: {exc}") from None
-    loopback = host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
-    if not loopback and not config.web.auth_token and not config.web.allow_unauthenticated:
-        raise ConfigError(f"web.listen: {host} is not loopback; set web.auth_token, or web.allow_unauthenticated "
-                          "= true to accept anyone who can reach it")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -106,32 +93,32 @@ def main(argv: list[str] | None = None) -> int:
             setup_logging(config.agent.log_level)
             return _run(config)
         if args.command == "check":
-            from .check import run_checks
+            from infersight.daemon.check import run_checks
 
             config = config_from_args(args)
             return run_checks(config)
         if args.command == "replay":
-            from .replay import main as replay_main
+            from infersight.daemon.replay.command import main as replay_main
 
             config = load_config(args.config)
             setup_logging("warning")
             return replay_main(args.dir, db=args.db, as_json=args.json, config=config)
         if args.command == "serve":
-            from .serve import serve
+            from infersight.daemon.serve import serve
 
             config = config_from_args(args)
             return asyncio.run(serve(config, args.db))
         if args.command == "demo":
-            from .demo import main as demo_main
+            from infersight.daemon.demo.command import main as demo_main
 
             setup_logging("info")
             return demo_main(listen=args.listen, duration=args.duration)
         if args.command == "export":
-            from .export import main as export_main
+            from infersight.daemon.exporters.parquet import main as export_main
 
             return export_main(args)
         if args.command == "install-service":
-            from .install import main as install_main
+            from infersight.daemon.install import main as install_main
 
             return install_main(args)
     except ConfigError as exc:
@@ -151,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(config: Config) -> int:
     import logging
 
-    from ..storage.store import StoreError
-    from .runtime import Daemon
+    from infersight.daemon.runtime import Daemon
+    from infersight.storage.store import StoreError
 
     if config.web.allow_unauthenticated and not config.web.auth_token:
         logging.getLogger("infersight").warning(

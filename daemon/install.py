@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config_example import render
+from infersight.daemon.config.example import render
 
 UNIT = "infersight.service"
 CONFIG_PATH = "etc/infersight/infersight.toml"

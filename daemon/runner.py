@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .collectors.base import Collector
-from .logfmt import kv
-from .model import Batch
+from infersight.daemon.collectors.base import Collector
+from infersight.daemon.logfmt import kv
+from infersight.storage.model import Batch
 
 log = logging.getLogger("infersight.runner")
 

@@ -17,16 +17,17 @@ from typing import Any, Callable
 from aiohttp import web
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from ..storage import retention
-from ..storage.events import upsert_events
-from ..storage.store import Store
-from .collectors import build_collectors
-from .collectors.base import Collector
-from .config import Config, store_options
-from .logfmt import kv
-from .model import Batch
-from .runner import Runner
-from .sdnotify import Notifier
+from infersight.daemon.collectors import build_collectors
+from infersight.daemon.collectors.base import Collector
+from infersight.daemon.config.listen import split_listen
+from infersight.daemon.config.load import Config, store_options
+from infersight.daemon.logfmt import kv
+from infersight.daemon.runner import Runner
+from infersight.daemon.sdnotify import Notifier
+from infersight.storage import retention
+from infersight.storage.events import upsert_events
+from infersight.storage.model import Batch
+from infersight.storage.store import Store
 
 log = logging.getLogger("infersight.runtime")
 
@@ -153,7 +154,7 @@ class Daemon:
         return 0
 
     async def _start_web(self, agent: Agent) -> web.AppRunner:
-        from ..web.app import create_app
+        from infersight.web.app import create_app
 
         host, port = split_listen(self.config.web.listen)
         app = create_app(self.config, agent.store, agent=agent)
@@ -243,21 +244,21 @@ def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:
     factories: list[Callable[[Daemon], Any]] = []
     if config.analysis.enabled:
         def analysis(daemon: "Daemon"):
-            from .analysis.analyzer import Analyzer
+            from infersight.daemon.analysis.analyzer import Analyzer
 
             return Analyzer(daemon.config, daemon.agent.store)
 
         factories.append(analysis)
     if config.pyroscope.enabled:
         def pyroscope(daemon: "Daemon"):
-            from .pyroscope import PyroscopePusher
+            from infersight.daemon.exporters.pyroscope import PyroscopePusher
 
             return PyroscopePusher(daemon.config, daemon.agent.store)
 
         factories.append(pyroscope)
     if config.export.enabled:
         def export(daemon: "Daemon"):
-            from .export import Exporter
+            from infersight.daemon.exporters.parquet import Exporter
 
             return Exporter(daemon.config, daemon.agent.store)
 
@@ -265,7 +266,7 @@ def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:
     if config.alerts.webhooks:
         def alerts(daemon: "Daemon"):
             # created after the analysis component, so it can follow the analyzer's findings
-            from .alerts import AlertsComponent
+            from infersight.daemon.alerts import AlertsComponent
 
             return AlertsComponent.for_daemon(daemon)
 
@@ -285,10 +286,3 @@ def _now_dt():
     return datetime.now(timezone.utc)
 
 
-def split_listen(listen: str) -> tuple[str, int]:
-    """'HOST:PORT' or '[v6]:PORT' -> (host, port); ValueError with a readable message."""
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {listen!r}")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)

@@ -10,9 +10,9 @@ import sys
 
 from aiohttp import web
 
-from ..storage.store import Store, StoreError
-from .config import Config
-from .runtime import split_listen
+from infersight.daemon.config.listen import split_listen
+from infersight.daemon.config.load import Config
+from infersight.storage.store import Store, StoreError
 
 
 async def serve(config: Config, db: str, ready: asyncio.Event | None = None,
@@ -23,7 +23,7 @@ async def serve(config: Config, db: str, ready: asyncio.Event | None = None,
     except StoreError as exc:
         print(f"infersight: serve: {exc}", file=sys.stderr)
         return 1
-    from ..web.app import create_app
+    from infersight.web.app import create_app
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -11,8 +11,8 @@ from typing import Iterable
 import numpy as np
 import orjson
 
-from ..daemon.model import GPU_SIGNALS, Batch
-from .intern import Interner
+from infersight.storage.intern import Interner
+from infersight.storage.model import GPU_SIGNALS, Batch
 
 _TABLE_COLUMNS = {
     "frames": ("id", "function", "file", "line", "module"),

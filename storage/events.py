@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from ..daemon.model import Event, Window
-from .append import insert_rows
+from infersight.storage.append import insert_rows
+from infersight.storage.model import Event, Window
 
 _EVENT_COLUMNS = ("id", "kind", "host", "gpu", "start", "end", "severity", "klass", "summary", "evidence",
                   "top_frames", "open", "updated")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..daemon.model import GPU_SIGNALS
+from infersight.storage.model import GPU_SIGNALS
 
 HOUR_S = 3600
 

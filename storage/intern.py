@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import orjson
 
-from ..daemon.model import Frame, Target
+from infersight.storage.model import Frame, Target
 
 
 class Interner:

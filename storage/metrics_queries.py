@@ -14,8 +14,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
-from ..daemon.analysis.classify import GAP_CLASSES
-from ..daemon.model import GPU_SIGNALS
+from infersight.storage.model import GAP_CLASSES, GPU_SIGNALS
 
 LATEST_HORIZON_S = 60.0         # a GPU value older than this is stale: not exposed
 CLASS_HORIZON_S = 300.0         # the newest window must end within this of now for a class to be current

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .append import insert_rows
+from infersight.storage.append import insert_rows
 
 _MESSAGE_COLUMNS = ("id", "event_id", "target", "kind", "payload", "created", "next_attempt", "attempts", "status",
                     "last_error", "done_at", "delivery", "format", "state")

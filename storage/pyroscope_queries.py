@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .stacks import Profile, ProfileFilter, profile
+from infersight.storage.stacks import Profile, ProfileFilter, profile
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .stacks import FrameKey, Profile
+from infersight.storage.stacks import FrameKey, Profile
 
 ROOT = "all"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..daemon.model import GPU_SIGNALS
+from infersight.storage.model import GPU_SIGNALS
 
 # table -> time column (stack tables use integer buckets)
 TIME_TABLES = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 
-from ..daemon.model import GPU_SIGNALS
+from infersight.storage.model import GPU_SIGNALS
 
 _INT_SIGNALS = {"clocks_event_reasons": "UBIGINT", "mem_used_bytes": "BIGINT", "mem_total_bytes": "BIGINT",
                 "ecc_errors_uncorrected": "BIGINT", "retired_pages": "BIGINT"}

@@ -5,7 +5,7 @@ Every series comes back as points ``[[t, value], ...]`` averaged into ``step``-s
 """
 from __future__ import annotations
 
-from ..daemon.model import GPU_SIGNALS
+from infersight.storage.model import GPU_SIGNALS
 
 HOST_SIGNALS = {"host_cpu_percent": ("cpu_percent", "percent"), "host_mem_used_bytes": ("mem_used_bytes", "bytes"),
                 "host_load1": ("load1", "load")}

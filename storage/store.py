@@ -18,9 +18,9 @@ from typing import Any, Callable, TypeVar
 
 import duckdb
 
-from ..daemon.model import Batch
-from . import schema
-from .writer import Writer, WriterStats
+from infersight.storage import schema
+from infersight.storage.model import Batch
+from infersight.storage.writer import Writer, WriterStats
 
 T = TypeVar("T")
 

@@ -24,9 +24,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ..daemon.model import Batch
-from .append import append_batches
-from .intern import Interner
+from infersight.storage.append import append_batches
+from infersight.storage.intern import Interner
+from infersight.storage.model import Batch
 
 log = logging.getLogger("infersight.storage")
 

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import pytest
 
-from infersight.daemon.config import Config, with_overrides
+from infersight.daemon.config.load import Config, with_overrides
 from infersight.storage.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -64,7 +64,7 @@ def require_tool(name: str) -> str:
 def pyspy() -> str:
     """Path of py-spy as the stacks collector finds it; the test fails when it is missing (it is
     a dependency of infersight, never a reason to skip)."""
-    from infersight.daemon.pyspy_runner import find_pyspy
+    from infersight.daemon.stacks.pyspy import find_pyspy
     found = find_pyspy()
     if found is None:
         pytest.fail(f"py-spy is not installed: {INSTALL_HINTS['py-spy']}", pytrace=False)

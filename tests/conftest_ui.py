@@ -133,8 +133,8 @@ def _synthetic_paths(rng: random.Random) -> list[list[tuple[str, str, int]]]:
 
 def build_synthetic_store(db: Path) -> dict:
     """Fill ``db`` (see module doc); returns facts the tests check against."""
-    from infersight.daemon.model import Batch, Event, Frame, StackSample, Target
     from infersight.storage.events import upsert_events
+    from infersight.storage.model import Batch, Event, Frame, StackSample, Target
     from infersight.storage.store import Store
 
     rng = random.Random(7)

@@ -17,10 +17,10 @@ import json
 import random
 import sys
 
-from infersight.daemon.config import Config, with_overrides
+from infersight.daemon.config.load import Config, with_overrides
 from infersight.daemon.logfmt import setup_logging
-from infersight.daemon.model import Batch, Frame, GpuSample, StackSample, Target
 from infersight.daemon.runtime import Daemon
+from infersight.storage.model import Batch, Frame, GpuSample, StackSample, Target
 
 HOST = "fault-host"
 PID, START = 4242, 1_000.0

@@ -7,13 +7,13 @@ import re
 
 import numpy as np
 import pytest
+from alert_schemas import check, check_discord, check_slack, check_teams
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alert_schemas import check, check_discord, check_slack, check_teams
 from infersight.daemon.alerts import formats
 from infersight.daemon.alerts.formats import Message, event_dict, render, ui_link
-from infersight.daemon.model import Event
+from infersight.storage.model import Event
 
 HOST = "gpu-node-7"
 START = 1_714_564_801.0          # 2024-05-01 12:00:01 UTC

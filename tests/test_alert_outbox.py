@@ -15,12 +15,12 @@ import pytest
 from aiohttp import web
 
 from infersight.daemon.alerts import formats
-from infersight.daemon.alerts.grouping import GroupKey, Grouper
+from infersight.daemon.alerts.grouping import Grouper, GroupKey
 from infersight.daemon.alerts.outbox import Outbox, backoff_delay
 from infersight.daemon.alerts.sender import Redactor, Sender, parse_retry_after, redact_url, sign
-from infersight.daemon.config import Config, ConfigError, WebhookConfig, load_config, with_overrides
-from infersight.daemon.model import Event
+from infersight.daemon.config.load import Config, ConfigError, WebhookConfig, load_config, with_overrides
 from infersight.storage import outbox as q
+from infersight.storage.model import Event
 from infersight.storage.store import Store
 
 T0 = 1_800_000_000.0

@@ -27,14 +27,14 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from aiohttp import web
-
 from alert_schemas import check
+
 from infersight.daemon.alerts.formats import event_dict
-from infersight.daemon.model import Event
 from infersight.daemon.runtime import Daemon
 from infersight.daemon.sdnotify import Notifier
 from infersight.storage import events as q_events
 from infersight.storage import outbox as q_outbox
+from infersight.storage.model import Event
 from infersight.storage.store import Store
 
 HMAC_KEY = "hmac-K3Y-e2e-never-shown"
@@ -267,9 +267,9 @@ async def test_500_then_429_then_200_delivers_once(make_config, receiver, captur
 INJECTING_DAEMON = textwrap.dedent('''\
     """A daemon that hands the alerts component one finding, then runs until killed."""
     import asyncio, sys, time
-    from infersight.daemon.config import load_config
+    from infersight.daemon.config.load import load_config
     from infersight.daemon.logfmt import setup_logging
-    from infersight.daemon.model import Event
+    from infersight.storage.model import Event
     from infersight.daemon.runtime import Daemon
     from infersight.storage import events as q_events
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from infersight.daemon.config import Config, with_overrides
-from infersight.daemon.model import Batch, GpuInfo, GpuSample
+from infersight.daemon.config.load import Config, with_overrides
 from infersight.daemon.runtime import Daemon
 from infersight.storage import events as q_events
+from infersight.storage.model import Batch, GpuInfo, GpuSample
 
 PROGRAM = Path(__file__).parent / "programs" / "fake_engine.py"
 

@@ -12,13 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from infersight.daemon.config import Config
-from infersight.daemon.replay import main as replay_main
-from infersight.daemon.replay import run_replay
-from infersight.storage.store import Store
-
 from analysis_helpers import BUSY, EXPECTED_CLASS, FIXTURES, class_counts, labels, overlapping, reorder_recording
+
+from infersight.daemon.config.load import Config
+from infersight.daemon.replay.command import main as replay_main
+from infersight.daemon.replay.command import run_replay
+from infersight.storage.store import Store
 
 CULPRITS = {"host_bound": "tokenize_slow_python", "core_bound": "schedule_slow_python",
             "launch_bound": "sample_unfused"}

@@ -9,9 +9,9 @@ from infersight.daemon.analysis.classify import ProcessSecond, Second, classify
 from infersight.daemon.analysis.detectors import MismatchDetector, SaturationDetector, mbu_features
 from infersight.daemon.analysis.regression import RegressionDetector
 from infersight.daemon.analysis.runs import RunTracker
-from infersight.daemon.config import AnalysisConfig, Config
-from infersight.daemon.model import Batch, EngineSample, Frame, StackSample, Target, Window
+from infersight.daemon.config.load import AnalysisConfig, Config
 from infersight.storage import events as q_events
+from infersight.storage.model import Batch, EngineSample, Frame, StackSample, Target, Window
 
 CFG = AnalysisConfig()
 RATE = 50.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 import asyncio
 import time
 
-from infersight.daemon.model import Batch, Event
 from infersight.daemon.runtime import Daemon
 from infersight.storage import events as q_events
+from infersight.storage.model import Batch, Event
 
 
 class XidCollector:

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infersight.daemon import cli, config_example
-from infersight.daemon.config import Config, ConfigError, iter_keys, load_config, with_overrides
+from infersight.daemon import cli
+from infersight.daemon.config import example as config_example
+from infersight.daemon.config.load import Config, ConfigError, iter_keys, load_config, with_overrides
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config.example.toml"
@@ -81,11 +82,11 @@ def test_defaults_without_a_file():
 
 def test_example_file_is_the_rendering_of_the_tree():
     assert EXAMPLE.read_text(encoding="utf-8") == config_example.render(), (
-        "config.example.toml is stale: python -m infersight.daemon.config_example > config.example.toml")
+        "config.example.toml is stale: python -m infersight.daemon.config.example > config.example.toml")
 
 
 def test_example_module_prints_the_committed_file():
-    out = subprocess.run([sys.executable, "-m", "infersight.daemon.config_example"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "infersight.daemon.config.example"], capture_output=True, text=True,
                          check=True, timeout=60).stdout
     assert out == EXAMPLE.read_text(encoding="utf-8")
 

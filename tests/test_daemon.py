@@ -16,9 +16,10 @@ import urllib.request
 import aiohttp
 import pytest
 
-from infersight.daemon.model import Batch, HostSample
-from infersight.daemon.runtime import Daemon, split_listen
+from infersight.daemon.config.listen import split_listen
+from infersight.daemon.runtime import Daemon
 from infersight.daemon.sdnotify import Notifier
+from infersight.storage.model import Batch, HostSample
 from infersight.storage.store import Store
 
 

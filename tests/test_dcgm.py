@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from infersight.daemon.collectors.gpu import GpuCollector
-from infersight.daemon.config import GpuCollectorConfig
-from infersight.daemon.dcgm import DcgmScraper, parse_exposition, to_samples
-from infersight.daemon.nvml_fake import FakeGpu, FakeMig, FakeNvml, gpm_values
+from infersight.daemon.config.load import GpuCollectorConfig
+from infersight.daemon.gpu.dcgm import DcgmScraper, parse_exposition, to_samples
+from infersight.daemon.gpu.fake_nvml import FakeGpu, FakeMig, FakeNvml, gpm_values
 
 EXPOSITION = (Path(__file__).parent / "fixtures" / "dcgm-exporter" / "a100-mig.prom").read_text()
 UUID0 = "GPU-5fd4f8a3-1b64-a2d1-73a0-2b3e9c6f1d21"

@@ -21,15 +21,16 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infersight.daemon import engine_specs, promtext
-from infersight.daemon.config import ConfigError
-from infersight.daemon.demo import demo_config
-from infersight.daemon.demo import main as demo_main
-from infersight.daemon.collectors.simgpu import SIMULATED_NAME, SimulatedGpuCollector, to_batch
-from infersight.daemon.demo_backend import CpuBackend
-from infersight.daemon.demo_engine import Engine, Req, parse_phases
-from infersight.daemon.demo_metrics import MODEL_NAME, EngineMetrics, serve
-from infersight.daemon.demo_timeline import GEMM, GEMV, TINY, SimTimeline
+from infersight.daemon.config.load import ConfigError
+from infersight.daemon.demo.backend import CpuBackend
+from infersight.daemon.demo.command import demo_config
+from infersight.daemon.demo.command import main as demo_main
+from infersight.daemon.demo.engine import Engine, Req, parse_phases
+from infersight.daemon.demo.metrics import MODEL_NAME, EngineMetrics, serve
+from infersight.daemon.demo.simgpu import SIMULATED_NAME, SimulatedGpuCollector, to_batch
+from infersight.daemon.demo.timeline import GEMM, GEMV, TINY, SimTimeline
+from infersight.daemon.engines import promtext
+from infersight.daemon.engines import specs as engine_specs
 
 
 class FakeClock:
@@ -244,7 +245,7 @@ def test_to_batch_without_new_ticks_is_no_data():
 
 def test_engine_process_serves_then_stops_cleanly_on_sigint(tmp_path):
     status_file = tmp_path / "engine.json"
-    proc = subprocess.Popen([sys.executable, "-m", "infersight.daemon.demo_engine", "--device", "cpu",
+    proc = subprocess.Popen([sys.executable, "-m", "infersight.daemon.demo.engine", "--device", "cpu",
                              "--phases", "healthy:60", "--status-file", str(status_file)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from infersight.daemon.config import TargetsConfig
-from infersight.daemon.discovery import Discovery, NvmlProcesses, diff, infer_role
+from infersight.daemon.config.load import TargetsConfig
+from infersight.daemon.stacks.discovery import Discovery, NvmlProcesses, diff, infer_role
 
 PROGRAMS = Path(__file__).parent / "programs"
 

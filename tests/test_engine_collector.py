@@ -12,9 +12,9 @@ from aiohttp.test_utils import TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infersight.daemon.collectors.engine_discovery import normalize_url
 from infersight.daemon.collectors.engines import EngineCollector
-from infersight.daemon.config import EnginesCollectorConfig
+from infersight.daemon.config.load import EnginesCollectorConfig
+from infersight.daemon.engines.discovery import normalize_url
 
 VLLM_TEXT = (Path(__file__).parent / "fixtures" / "engine-metrics" / "vllm.prom").read_text()
 PROM = "text/plain"

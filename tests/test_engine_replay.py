@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infersight.daemon import engine_histograms as eh
-from infersight.daemon.replay_engine import read_lines, replay_engine_lines
+from infersight.daemon.engines import histograms as eh
+from infersight.daemon.replay.engine import read_lines, replay_engine_lines
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ENDPOINT = "http://127.0.0.1:8000/metrics"

@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from infersight.daemon import engine_histograms as eh
-from infersight.daemon.engine_ingest import EndpointIngest
-from infersight.daemon.engine_signals import ENGINE_SIGNALS, EngineNormalizer
-from infersight.daemon.promtext import parse
+from infersight.daemon.engines import histograms as eh
+from infersight.daemon.engines.ingest import EndpointIngest
+from infersight.daemon.engines.promtext import parse
+from infersight.daemon.engines.signals import ENGINE_SIGNALS, EngineNormalizer
 
 FIXTURES = Path(__file__).parent / "fixtures" / "engine-metrics"
 

@@ -14,12 +14,24 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from infersight.daemon import export as ex
-from infersight.daemon.model import (GPU_SIGNALS, Batch, EngineSample, Event, Frame, GpuInfo, GpuSample, HostSample,
-                                     SamplingStat, StackSample, Target, Window)
+from infersight.daemon.exporters import parquet as ex
 from infersight.daemon.runtime import Daemon
 from infersight.daemon.sdnotify import Notifier
 from infersight.storage import events as q_events
+from infersight.storage.model import (
+    GPU_SIGNALS,
+    Batch,
+    EngineSample,
+    Event,
+    Frame,
+    GpuInfo,
+    GpuSample,
+    HostSample,
+    SamplingStat,
+    StackSample,
+    Target,
+    Window,
+)
 from infersight.storage.store import Store
 
 HOST = "gpu-node-1"
@@ -202,7 +214,7 @@ def test_cli_bad_times_exit_2(tmp_path):
 CRASHING_EXPORT = """
 import os, signal, sys
 from pathlib import Path
-from infersight.daemon import export as ex
+from infersight.daemon.exporters import parquet as ex
 from infersight.storage.store import Store
 
 def crash(tmp, final):

@@ -32,12 +32,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from infersight.daemon.model import Batch, EngineSample, GpuSample, StackSample, Target
-from infersight.storage import retention
-from infersight.storage.store import Store
-
 from fault_agent import make_stacks
+
+from infersight.storage import retention
+from infersight.storage.model import Batch, EngineSample, GpuSample, StackSample, Target
+from infersight.storage.store import Store
 
 HERE = Path(__file__).resolve().parent
 FAULT_AGENT = HERE / "fault_agent.py"
@@ -49,7 +48,7 @@ FAULT_AGENT = HERE / "fault_agent.py"
 # events and messages were acknowledged.
 _CRASH_CHILD = r'''
 import sys, time
-from infersight.daemon.model import Batch, Event, StackSample, Target
+from infersight.storage.model import Batch, Event, StackSample, Target
 from infersight.storage import events, outbox
 from infersight.storage.store import Store
 from fault_agent import make_stacks
@@ -455,9 +454,13 @@ async def test_collectors_failing_in_turn_never_stop_the_others(make_config, tmp
     from infersight.daemon.collectors.engines import EngineCollector
     from infersight.daemon.collectors.gpu import GpuCollector
     from infersight.daemon.collectors.stacks import StacksCollector
-    from infersight.daemon.config import (EnginesCollectorConfig, GpuCollectorConfig, StacksCollectorConfig,
-                                          TargetsConfig)
-    from infersight.daemon.nvml_fake import FakeGpu, FakeNvml
+    from infersight.daemon.config.load import (
+        EnginesCollectorConfig,
+        GpuCollectorConfig,
+        StacksCollectorConfig,
+        TargetsConfig,
+    )
+    from infersight.daemon.gpu.fake_nvml import FakeGpu, FakeNvml
     from infersight.daemon.runtime import Daemon
     from infersight.daemon.sdnotify import Notifier
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infersight.daemon.collectors.stacks import StacksCollector
-from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
+from infersight.daemon.config.load import StacksCollectorConfig, TargetsConfig
 from infersight.storage import render, stacks
 
 PROGRAM = Path(__file__).parent / "programs" / "hotcold.py"

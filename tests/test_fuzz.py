@@ -24,11 +24,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
-from infersight.daemon import promtext
-from infersight.daemon.config import Config, ConfigError, build, iter_keys, load_config
-from infersight.daemon.model import Batch, EngineSample, Event, Frame, GpuSample, StackSample, Target, Window
-from infersight.daemon.pyspy_parse import (parse_chrometrace, parse_frame_text, parse_raw, parse_summary,
-                                           parse_thread_label)
+from infersight.daemon.config.load import Config, ConfigError, build, iter_keys, load_config
+from infersight.daemon.engines import promtext
+from infersight.daemon.stacks.parse import (
+    parse_chrometrace,
+    parse_frame_text,
+    parse_raw,
+    parse_summary,
+    parse_thread_label,
+)
+from infersight.storage.model import Batch, EngineSample, Event, Frame, GpuSample, StackSample, Target, Window
 
 EXAMPLES = int(os.environ.get("INFERSIGHT_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow],

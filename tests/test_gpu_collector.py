@@ -8,15 +8,29 @@ import threading
 import pytest
 
 from infersight.daemon.collectors.gpu import GpuCollector
-from infersight.daemon.config import GpuCollectorConfig
-from infersight.daemon.gpu_device import MIB
-from infersight.daemon.nvml_api import (
-    ALL_LINKS, EVENT_DOUBLE_BIT_ECC, EVENT_XID, FI_ECC_DBE_VOL_TOTAL, FI_NVLINK_THROUGHPUT_DATA_RX,
-    FI_NVLINK_THROUGHPUT_DATA_TX, FI_PCIE_COUNT_RX_BYTES, FI_PCIE_COUNT_TX_BYTES, FI_POWER_INSTANT, FI_REMAPPED_COR,
-    FI_REMAPPED_UNC, FI_TOTAL_ENERGY_CONSUMPTION, GPM_ANY_TENSOR_UTIL, GPM_GRAPHICS_UTIL, GPM_PCIE_RX_PER_SEC, GPM_PCIE_TX_PER_SEC,
-    EventData, ProcessUtil,
+from infersight.daemon.config.load import GpuCollectorConfig
+from infersight.daemon.gpu.device import MIB
+from infersight.daemon.gpu.fake_nvml import FakeGpu, FakeMig, FakeNvml, gpm_values
+from infersight.daemon.gpu.nvml import (
+    ALL_LINKS,
+    EVENT_DOUBLE_BIT_ECC,
+    EVENT_XID,
+    FI_ECC_DBE_VOL_TOTAL,
+    FI_NVLINK_THROUGHPUT_DATA_RX,
+    FI_NVLINK_THROUGHPUT_DATA_TX,
+    FI_PCIE_COUNT_RX_BYTES,
+    FI_PCIE_COUNT_TX_BYTES,
+    FI_POWER_INSTANT,
+    FI_REMAPPED_COR,
+    FI_REMAPPED_UNC,
+    FI_TOTAL_ENERGY_CONSUMPTION,
+    GPM_ANY_TENSOR_UTIL,
+    GPM_GRAPHICS_UTIL,
+    GPM_PCIE_RX_PER_SEC,
+    GPM_PCIE_TX_PER_SEC,
+    EventData,
+    ProcessUtil,
 )
-from infersight.daemon.nvml_fake import FakeGpu, FakeMig, FakeNvml, gpm_values
 
 WALL = 1_800_000_000.0
 

@@ -10,10 +10,10 @@ import psutil
 import pytest
 
 from infersight.daemon.collectors.host import HostCollector
-from infersight.daemon.config import HostCollectorConfig
-from infersight.daemon.model import Batch, Target
+from infersight.daemon.config.load import HostCollectorConfig
 from infersight.daemon.runner import Runner
-from infersight.daemon.targets import explicit_targets
+from infersight.daemon.stacks.targets import explicit_targets
+from infersight.storage.model import Batch, Target
 
 # Two threads burn CPU, 64 MiB stay resident, and the process says when it is ready.
 BUSY = """

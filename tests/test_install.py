@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from infersight.daemon import cli, install
-from infersight.daemon.config import load_config
-from infersight.daemon.config_example import render
+from infersight.daemon.config.example import render
+from infersight.daemon.config.load import load_config
 
 SYSTEMD = Path(__file__).resolve().parent.parent / "systemd"
 EXE = str(Path(sys.executable).parent / "infersight")

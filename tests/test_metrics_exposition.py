@@ -10,13 +10,23 @@ import time
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from infersight.daemon.config import Config, with_overrides
-from infersight.daemon.model import (CLASSES, GPU_SIGNALS, Batch, Event, GpuInfo, GpuSample, HostSample,
-                                     SamplingStat, Target, Window)
+from infersight.daemon.config.load import Config, with_overrides
 from infersight.daemon.runner import Runner
 from infersight.daemon.runtime import Agent
 from infersight.storage import events as q_events
 from infersight.storage import retention
+from infersight.storage.model import (
+    CLASSES,
+    GPU_SIGNALS,
+    Batch,
+    Event,
+    GpuInfo,
+    GpuSample,
+    HostSample,
+    SamplingStat,
+    Target,
+    Window,
+)
 from infersight.web import metrics as web_metrics
 from infersight.web.app import create_app
 

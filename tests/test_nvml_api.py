@@ -7,11 +7,19 @@ import inspect
 import pynvml
 import pytest
 
-from infersight.daemon import nvml_api
-from infersight.daemon.nvml_api import (
-    GpuLost, NoPermission, NotFound, NotSupported, Nvml, NvmlError, NvmlTimeout, NvmlUnavailable, error_for,
+from infersight.daemon.gpu import nvml as nvml_api
+from infersight.daemon.gpu.fake_nvml import FakeNvml
+from infersight.daemon.gpu.nvml import (
+    GpuLost,
+    NoPermission,
+    NotFound,
+    NotSupported,
+    Nvml,
+    NvmlError,
+    NvmlTimeout,
+    NvmlUnavailable,
+    error_for,
 )
-from infersight.daemon.nvml_fake import FakeNvml
 
 # seam constant -> the pynvml name it must equal
 PYNVML_NAMES = {

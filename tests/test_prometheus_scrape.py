@@ -10,9 +10,9 @@ import time
 import aiohttp
 import pytest
 
-from infersight.daemon.model import Batch, GpuInfo, GpuSample, Window
 from infersight.daemon.runtime import Daemon
 from infersight.daemon.sdnotify import Notifier
+from infersight.storage.model import Batch, GpuInfo, GpuSample, Window
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from infersight.daemon.promtext import family_of, parse
+from infersight.daemon.engines.promtext import family_of, parse
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PROM_FILES = sorted((FIXTURES / "engine-metrics").glob("*.prom"))

@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 from aiohttp import web
 
-from infersight.daemon.config import Config, with_overrides
-from infersight.daemon.model import Batch, Frame, StackSample, Target
-from infersight.daemon.pyroscope import PyroscopePusher
+from infersight.daemon.config.load import Config, with_overrides
+from infersight.daemon.exporters.pyroscope import PyroscopePusher
 from infersight.daemon.runtime import default_components
+from infersight.storage.model import Batch, Frame, StackSample, Target
 
 T0 = 1_714_568_400          # 2024-05-01 13:00:00 UTC
 INTERVAL, LAG, RATE = 10, 5, 50

@@ -7,10 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from infersight.daemon.model import Frame
-from infersight.daemon.pyspy_parse import (
-    module_from_path, parse_chrometrace, parse_frame_text, parse_raw, parse_summary, parse_thread_label,
+from infersight.daemon.stacks.parse import (
+    module_from_path,
+    parse_chrometrace,
+    parse_frame_text,
+    parse_raw,
+    parse_summary,
+    parse_thread_label,
 )
+from infersight.storage.model import Frame
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from infersight.daemon.model import GPU_SIGNALS, Batch
-from infersight.daemon.replay_gpu import parse_gpu_jsonl
+from infersight.daemon.replay.gpu import parse_gpu_jsonl
 from infersight.storage import series
+from infersight.storage.model import GPU_SIGNALS, Batch
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -112,6 +112,6 @@ def test_real_recording_units_survive_storage(store):
 
 
 def test_every_mapped_field_is_a_stored_signal():
-    from infersight.daemon.replay_gpu import FIELD_MAP
+    from infersight.daemon.replay.gpu import FIELD_MAP
 
     assert {signal for signal, _ in FIELD_MAP.values()} <= set(GPU_SIGNALS)

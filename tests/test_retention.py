@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from infersight.daemon.model import (GPU_SIGNALS, Batch, Event, Frame, GpuSample, HostSample, StackSample,
-                                     Target)
 from infersight.storage import events as q_events
 from infersight.storage import retention, stacks
+from infersight.storage.model import GPU_SIGNALS, Batch, Event, Frame, GpuSample, HostSample, StackSample, Target
 from infersight.storage.store import Store
 
 T0 = 472_222 * 3600  # a whole hour (2023-11-14), so minute and hour bins start at T0

@@ -6,8 +6,8 @@ import logging
 
 import pytest
 
-from infersight.daemon.model import Batch, HostSample
 from infersight.daemon.runner import Runner
+from infersight.storage.model import Batch, HostSample
 
 
 class Scripted:

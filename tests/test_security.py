@@ -23,16 +23,15 @@ import typing
 from pathlib import Path
 
 import pytest
+import sql_taint
 from aiohttp.test_utils import TestClient, TestServer
 
 import infersight.web.app as web_app
-from infersight.daemon.config import Config, ConfigError, load_config
-from infersight.daemon.model import Batch, EngineSample, Event, Frame, GpuSample, StackSample, Target
-from infersight.daemon.runtime import split_listen
+from infersight.daemon.config.listen import split_listen
+from infersight.daemon.config.load import Config, ConfigError, load_config
+from infersight.storage.model import Batch, EngineSample, Event, Frame, GpuSample, StackSample, Target
 from infersight.storage.store import Store
 from infersight.web.app import create_app
-
-import sql_taint
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = ROOT / "web" / "static"

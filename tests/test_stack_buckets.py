@@ -6,13 +6,14 @@ import json
 import math
 from pathlib import Path
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from infersight.daemon.model import Frame
-from infersight.daemon.pyspy_budget import RateGovernor
-from infersight.daemon.pyspy_parse import parse_chrometrace
-from infersight.daemon.stack_buckets import BucketAccumulator, finalize, is_wait_frame, largest_remainder, split_active
-from infersight.daemon.thread_cpu import ThreadCpuHistory, read_thread_cpu
+from infersight.daemon.stacks.buckets import BucketAccumulator, finalize, is_wait_frame, largest_remainder, split_active
+from infersight.daemon.stacks.budget import RateGovernor
+from infersight.daemon.stacks.parse import parse_chrometrace
+from infersight.daemon.stacks.thread_cpu import ThreadCpuHistory, read_thread_cpu
+from infersight.storage.model import Frame
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

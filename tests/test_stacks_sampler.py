@@ -14,9 +14,9 @@ from typing import Callable
 import pytest
 
 from infersight.daemon.collectors.stacks import StacksCollector
-from infersight.daemon.config import StacksCollectorConfig, TargetsConfig
-from infersight.daemon.model import Batch, StackSample
-from infersight.daemon.pyspy_runner import find_pyspy
+from infersight.daemon.config.load import StacksCollectorConfig, TargetsConfig
+from infersight.daemon.stacks.pyspy import find_pyspy
+from infersight.storage.model import Batch, StackSample
 
 PROGRAMS = Path(__file__).parent / "programs"
 PYSPY = find_pyspy()

@@ -8,8 +8,8 @@ import threading
 import duckdb
 import pytest
 
-from infersight.daemon.model import Batch, Frame, GpuSample, HostSample, StackSample, Target
 from infersight.storage import schema, stacks
+from infersight.storage.model import Batch, Frame, GpuSample, HostSample, StackSample, Target
 from infersight.storage.store import Store, StoreError
 
 
@@ -269,7 +269,7 @@ def test_a_reused_pid_is_a_new_target(store):
 
 
 def test_duckdb_threads_and_memory_limit_come_from_the_config(tmp_path):
-    from infersight.daemon.config import Config, store_options, with_overrides
+    from infersight.daemon.config.load import Config, store_options, with_overrides
     cfg = with_overrides(Config(), **{"storage.duckdb_threads": 3, "storage.duckdb_memory_limit_mb": 96})
     store = Store.open(str(tmp_path / "lim.duckdb"), **store_options(cfg.storage))
     try:

@@ -6,10 +6,11 @@ import re
 
 import pytest
 
-from infersight.daemon.model import Batch, EngineSample, GpuSample, Window
 from infersight.storage import events as q_events
 from infersight.storage import ui_queries
-from infersight.web.app import STATIC_DIR, create_app
+from infersight.storage.model import Batch, EngineSample, GpuSample, Window
+from infersight.web.app import create_app
+from infersight.web.keys import STATIC_DIR
 
 T = 1_800_000_000.0
 # GPU 0: idle 0-3, host_bound 3-6, a 2 s hole, host_bound 8-10 (a new run), memory_bound 10-12

@@ -15,12 +15,34 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-
-from conftest_ui import (CHROMIUM_ARGS, HOSTILE_FILE, HOSTILE_FRAME, HOSTILE_UNICODE, PageProblems, ServeProcess,
-                         build_synthetic_store, chromium_path, drag_select, event_bar_y, hottest_functions,
-                         matched_share, open_recording, phase, query_of, replay_into, save_screenshot, selection,
-                         sync_playwright, time_to_x, timeline_geometry, tooltip_text, track_y, view_of,
-                         wait_timeline, wait_view)
+from conftest_ui import (
+    CHROMIUM_ARGS,
+    HOSTILE_FILE,
+    HOSTILE_FRAME,
+    HOSTILE_UNICODE,
+    PageProblems,
+    ServeProcess,
+    build_synthetic_store,
+    chromium_path,
+    drag_select,
+    event_bar_y,
+    hottest_functions,
+    matched_share,
+    open_recording,
+    phase,
+    query_of,
+    replay_into,
+    save_screenshot,
+    selection,
+    sync_playwright,
+    time_to_x,
+    timeline_geometry,
+    tooltip_text,
+    track_y,
+    view_of,
+    wait_timeline,
+    wait_view,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -11,8 +11,8 @@ from aiohttp.test_utils import make_mocked_request
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from infersight.daemon.model import Batch, Event, Frame, GpuSample, ProcessSample, StackSample, Target
 from infersight.storage import events as q_events
+from infersight.storage.model import Batch, Event, Frame, GpuSample, ProcessSample, StackSample, Target
 from infersight.web import params
 from infersight.web.app import create_app
 

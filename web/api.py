@@ -7,11 +7,12 @@ import time
 
 from aiohttp import web
 
-from ..daemon.model import GPU_SIGNALS
-from ..storage import events as q_events
-from ..storage import render, series, stacks
-from . import params as p
-from .app import AGENT_KEY, CONFIG_KEY, STORE_KEY, json_response
+from infersight.storage import events as q_events
+from infersight.storage import render, series, stacks
+from infersight.storage.model import GPU_SIGNALS
+from infersight.web import params as p
+from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
+from infersight.web.responses import json_response
 
 RECENT_PROCESS_S = 600.0
 
@@ -111,7 +112,7 @@ async def diff(request: web.Request) -> web.Response:
 
 def _engine_signal_units() -> dict[str, str]:
     try:
-        from ..daemon.engine_signals import ENGINE_SIGNALS
+        from infersight.daemon.engines.signals import ENGINE_SIGNALS
     except ImportError:
         return {}
     return dict(ENGINE_SIGNALS)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..storage import series, ui_queries
-from . import params as p
-from .app import STORE_KEY, json_response
+from infersight.storage import series, ui_queries
+from infersight.web import params as p
+from infersight.web.keys import STORE_KEY
+from infersight.web.responses import json_response
 
 ENGINE_TRACKS = ("generation_tokens_per_s", "requests_running", "requests_waiting", "ttft_seconds_p95")
 # Bins no finer than the data: GPU samples come every 0.1-1 s, engine scrapes about every 1 s.

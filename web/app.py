@@ -9,29 +9,21 @@ from __future__ import annotations
 
 import hmac
 import logging
-from pathlib import Path
 from typing import Any
 
-import orjson
 from aiohttp import web
 
-from ..daemon.config import Config
-from ..storage.store import Store
+from infersight.daemon.config.load import Config
+from infersight.storage.store import Store
+from infersight.web import api, metrics, ui
+from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
+from infersight.web.responses import json_response
 
 log = logging.getLogger("infersight.web")
 
-CONFIG_KEY = web.AppKey("config", Config)
-STORE_KEY = web.AppKey("store", Store)
-AGENT_KEY = web.AppKey("agent", object)
-STATIC_DIR = Path(__file__).parent / "static"
 
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
-
-
-def json_response(data: Any, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS),
-                        status=status, content_type="application/json")
 
 
 @web.middleware
@@ -88,8 +80,6 @@ def create_app(config: Config, store: Store, *, agent: Any = None) -> web.Applic
     app[CONFIG_KEY] = config
     app[STORE_KEY] = store
     app[AGENT_KEY] = agent
-    from . import api, metrics, ui
-
     api.add_routes(app)
     ui.add_routes(app)
     metrics.add_routes(app)

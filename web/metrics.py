@@ -23,9 +23,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
-from ..daemon.model import CLASSES
-from ..storage import metrics_queries as mq
-from .app import AGENT_KEY, CONFIG_KEY, STORE_KEY
+from infersight.storage import metrics_queries as mq
+from infersight.storage.model import CLASSES
+from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
 
 # GPU signal -> (metric name, "gauge" | "counter", factor to the base unit, help)
 GPU_METRICS: dict[str, tuple[str, str, float, str]] = {

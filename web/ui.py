@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import api_ui
-from .app import STATIC_DIR
+from infersight.web import api_ui
+from infersight.web.keys import STATIC_DIR
 
 
 async def index(request: web.Request) -> web.StreamResponse:

@@ -6,6 +6,6 @@ Modules: ``formats`` (payloads, pure), ``grouping`` (which findings make which m
 pure), ``outbox`` (the persistent queue and backoff), ``sender`` (one HTTP attempt, the
 signature and redaction), ``component`` (the daemon component wiring them together).
 """
-from .component import AlertsComponent
+from infersight.daemon.alerts.component import AlertsComponent
 
 __all__ = ["AlertsComponent"]

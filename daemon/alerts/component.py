@@ -16,14 +16,14 @@ import random
 import time
 from typing import Any, Callable
 
-from ...storage.store import Store
-from ..config import Config
-from ..logfmt import kv
-from ..model import Event
-from . import formats
-from .grouping import Decision, Grouper
-from .outbox import Outbox, Pending, backoff_delay, new_delivery_id
-from .sender import Redactor, Result, Sender, redact_url
+from infersight.daemon.alerts import formats
+from infersight.daemon.alerts.grouping import Decision, Grouper
+from infersight.daemon.alerts.outbox import Outbox, Pending, backoff_delay, new_delivery_id
+from infersight.daemon.alerts.sender import Redactor, Result, Sender, redact_url
+from infersight.daemon.config.load import Config
+from infersight.daemon.logfmt import kv
+from infersight.storage.model import Event
+from infersight.storage.store import Store
 
 log = logging.getLogger("infersight.alerts")
 

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import orjson
 
-from ..model import Event
+from infersight.storage.model import Event
 
 STATES = ("firing", "occurred", "escalated", "resolved")
 LINK_MARGIN_S = 300          # the UI range shows this much before and after the finding

@@ -31,9 +31,9 @@ from typing import Any, Iterable
 
 import orjson
 
-from ..config import WebhookConfig
-from ..model import Event
-from .formats import event_dict
+from infersight.daemon.alerts.formats import event_dict
+from infersight.daemon.config.load import WebhookConfig
+from infersight.storage.model import Event
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
 

@@ -15,10 +15,10 @@ from typing import Any, Callable
 
 import orjson
 
-from ...storage import outbox as q
-from ...storage.store import Store
-from .formats import Message, render
-from .grouping import Decision, Grouper
+from infersight.daemon.alerts.formats import Message, render
+from infersight.daemon.alerts.grouping import Decision, Grouper
+from infersight.storage import outbox as q
+from infersight.storage.store import Store
 
 
 def backoff_delay(attempts: int, initial_s: float, max_s: float, rng: Callable[[], float] = random.random) -> float:

@@ -25,7 +25,7 @@ from typing import Callable
 
 import aiohttp
 
-from ..config import WebhookConfig
+from infersight.daemon.config.load import WebhookConfig
 
 SIGNATURE_HEADER = "X-Infersight-Signature"
 TIMESTAMP_HEADER = "X-Infersight-Timestamp"

@@ -15,18 +15,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...storage import analysis as q
-from ...storage import events as q_events
-from ...storage.store import Store
-from ..config import Config
-from ..logfmt import kv
-from ..model import Event, Window
-from . import attribution
-from .classify import GAP_CLASSES, Second, classify
-from .detectors import MismatchDetector, SaturationDetector, mbu_features
-from .regression import RegressionDetector
-from .runs import RunTracker, Segment
-from .seconds import build_seconds, serving_pids
+from infersight.daemon.analysis import attribution
+from infersight.daemon.analysis.classify import Second, classify
+from infersight.daemon.analysis.detectors import MismatchDetector, SaturationDetector, mbu_features
+from infersight.daemon.analysis.regression import RegressionDetector
+from infersight.daemon.analysis.runs import RunTracker, Segment
+from infersight.daemon.analysis.seconds import build_seconds, serving_pids
+from infersight.daemon.config.load import Config
+from infersight.daemon.logfmt import kv
+from infersight.storage import analysis as q
+from infersight.storage import events as q_events
+from infersight.storage.model import GAP_CLASSES, Event, Window
+from infersight.storage.store import Store
 
 log = logging.getLogger("infersight.analysis")
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ...storage import render, stacks
-from ...storage.store import Store
+from infersight.storage import render, stacks
+from infersight.storage.store import Store
 
 
 def top_frames(store: Store, t_from: float, t_to: float, serving: dict[int, str], limit: int,

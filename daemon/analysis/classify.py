@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import AnalysisConfig
+from infersight.daemon.config.load import AnalysisConfig
 
 
 @dataclass
@@ -137,5 +137,4 @@ def _busy_class(second: Second, cfg: AnalysisConfig) -> str:
     return "compute_bound"
 
 
-GAP_CLASSES = ("host_bound", "launch_bound", "stall")
 BUSY_CLASSES = ("compute_bound", "memory_bound")

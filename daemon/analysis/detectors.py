@@ -17,10 +17,10 @@ import statistics
 from collections import deque
 from dataclasses import replace
 
-from ..config import AnalysisConfig
-from ..model import Event
-from .classify import BUSY_CLASSES, Second
-from .runs import RunTracker, Segment
+from infersight.daemon.analysis.classify import BUSY_CLASSES, Second
+from infersight.daemon.analysis.runs import RunTracker, Segment
+from infersight.daemon.config.load import AnalysisConfig
+from infersight.storage.model import Event
 
 COMPONENTS = ("sm_util", "tensor_util", "dram_bw_util")
 MIN_BASELINE_SECONDS = 5

@@ -8,13 +8,12 @@ carrying both periods' numbers and the functions whose share of the profile chan
 """
 from __future__ import annotations
 
-from ...storage import analysis as q
-from ...storage import events as q_events
-from ...storage.store import Store
-from ..config import AnalysisConfig
-from ..model import Event
-from . import attribution
-from .classify import GAP_CLASSES
+from infersight.daemon.analysis import attribution
+from infersight.daemon.config.load import AnalysisConfig
+from infersight.storage import analysis as q
+from infersight.storage import events as q_events
+from infersight.storage.model import GAP_CLASSES, Event
+from infersight.storage.store import Store
 
 STARVED_RISE = 0.20   # share of GPU seconds in starved classes, absolute rise
 

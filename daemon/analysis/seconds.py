@@ -7,9 +7,9 @@ GPU; targets' GPU lists keep engine processes apart.
 """
 from __future__ import annotations
 
-from ...storage import analysis as q
-from ..config import AnalysisConfig
-from .classify import ProcessSecond, Second
+from infersight.daemon.analysis.classify import ProcessSecond, Second
+from infersight.daemon.config.load import AnalysisConfig
+from infersight.storage import analysis as q
 
 FOREIGN_ROLES = ("other_gpu_process", "foreign")
 

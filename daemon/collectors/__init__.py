@@ -9,27 +9,27 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..config import Config
-from ..model import Target
-from ..targets import explicit_targets
-from .base import Collector
+from infersight.daemon.collectors.base import Collector
+from infersight.daemon.config.load import Config
+from infersight.daemon.stacks.targets import explicit_targets
+from infersight.storage.model import Target
 
 
 def build_collectors(config: Config) -> list[Collector]:
     """Every enabled collector for ``config``, each isolated from the others."""
-    from .host import HostCollector
+    from infersight.daemon.collectors.host import HostCollector
 
     host = config.host
     collectors: list[Collector] = []
     gpu = None
     if config.collectors.gpu.enabled:
-        from .gpu import GpuCollector
+        from infersight.daemon.collectors.gpu import GpuCollector
 
         gpu = GpuCollector(config.collectors.gpu, host)
         collectors.append(gpu)
     current_targets: Callable[[], list[Target]] = lambda: explicit_targets(config.targets.pids, host)
     if config.collectors.stacks.enabled:
-        from .stacks import StacksCollector
+        from infersight.daemon.collectors.stacks import StacksCollector
 
         stacks = StacksCollector(config.collectors.stacks, config.targets, host,
                                  nvml_pids=gpu.pid_gpus if gpu is not None else None)
@@ -42,7 +42,7 @@ def build_collectors(config: Config) -> list[Collector]:
     if config.collectors.host.enabled:
         collectors.append(HostCollector(config.collectors.host, host, current_targets))
     if config.collectors.engines.enabled:
-        from .engines import EngineCollector
+        from infersight.daemon.collectors.engines import EngineCollector
 
         collectors.append(EngineCollector(config.collectors.engines, host,
                                           engine_pids=lambda: [t.pid for t in current_targets()],

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
-from ..model import Batch
+from infersight.storage.model import Batch
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ Endpoints come from the config (``collectors.engines.endpoints``), the command l
 listening TCP ports of engine processes, each probed once). Every run scrapes the endpoints
 that are due concurrently through one shared aiohttp session, each with a timeout shorter
 than the interval; an endpoint that fails is retried after 1, 2, 4, ... runs (at most
-``MAX_BACKOFF_S`` apart). Parsing and normalization (engine_ingest) run in a worker thread.
+``MAX_BACKOFF_S`` apart). Parsing and normalization (engines/ingest.py) run in a worker thread.
 
 A broken endpoint never breaks the run: its problem goes to ``Batch.errors`` and to
 :meth:`endpoint_status` in plain words ("timed out after 0.8 s", "HTTP 500", "not Prometheus
@@ -22,10 +22,10 @@ from typing import Any, Callable, Iterable
 
 import aiohttp
 
-from ..config import EnginesCollectorConfig
-from ..engine_ingest import EndpointIngest, Ingested
-from ..model import Batch
-from .engine_discovery import listening_endpoints, normalize_url
+from infersight.daemon.config.load import EnginesCollectorConfig
+from infersight.daemon.engines.discovery import listening_endpoints, normalize_url
+from infersight.daemon.engines.ingest import EndpointIngest, Ingested
+from infersight.storage.model import Batch
 
 log = logging.getLogger("infersight.engines")
 

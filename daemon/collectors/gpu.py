@@ -5,7 +5,7 @@ One collector, one cadence: the runner calls :meth:`GpuCollector.collect` every
 ``fast_interval_s``; every tick reads utilization, GPM (all but graphics_util), power, SM
 clock and clock event reasons, and the first tick after ``slow_interval_s`` has passed also
 reads memory, temperature, ECC, retired pages, processes and GPM graphics_util (its
-computation alone costs NVML more CPU than the rest of a fast tick: gpu_device.py), and
+computation alone costs NVML more CPU than the rest of a fast tick: gpu/device.py), and
 the energy counter every ``energy_interval_s`` (about 4 ms of NVML CPU per read). One
 collector rather than two because both cadences share the NVML handles, the GPM buffers
 and the lost-GPU state, and a slow tick costs one thread hop instead of two.
@@ -25,15 +25,23 @@ import time
 from collections import defaultdict
 from typing import Any, Callable
 
-from ..config import GpuCollectorConfig
-from ..dcgm import DcgmReading, DcgmScraper, to_samples
-from ..gpu_device import (
-    Device, Problems, close_device, mig_gpu_id, open_device, open_instances, probe, read_fast, read_processes,
+from infersight.daemon.config.load import GpuCollectorConfig
+from infersight.daemon.gpu.dcgm import DcgmReading, DcgmScraper, to_samples
+from infersight.daemon.gpu.device import (
+    Device,
+    Problems,
+    close_device,
+    mig_gpu_id,
+    open_device,
+    open_instances,
+    probe,
+    read_fast,
+    read_processes,
     read_slow,
 )
-from ..model import Batch, Event, GpuSample
-from ..nvml_api import GpuLost, Nvml, NvmlError, NvmlUnavailable
-from ..nvml_events import NvmlEventListener
+from infersight.daemon.gpu.events import NvmlEventListener
+from infersight.daemon.gpu.nvml import GpuLost, Nvml, NvmlError, NvmlUnavailable
+from infersight.storage.model import Batch, Event, GpuSample
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Callable, Iterable
 
 import psutil
 
-from ..config import HostCollectorConfig
-from ..model import Batch, HostSample, ProcessSample, Target
+from infersight.daemon.config.load import HostCollectorConfig
+from infersight.storage.model import Batch, HostSample, ProcessSample, Target
 
 
 class HostCollector:

@@ -27,13 +27,13 @@ from typing import Any, Callable, Iterable, Mapping
 
 import orjson
 
-from ..config import StacksCollectorConfig, TargetsConfig
-from ..discovery import Discovery, Found, NvmlProcesses
-from ..model import Batch, Target
-from ..pyspy_parse import parse_chrometrace
-from ..pyspy_runner import PyspyRunner, Recording, find_pyspy
-from ..stack_buckets import BucketAccumulator, finalize
-from ..thread_cpu import ThreadCpuHistory, read_thread_cpu
+from infersight.daemon.config.load import StacksCollectorConfig, TargetsConfig
+from infersight.daemon.stacks.buckets import BucketAccumulator, finalize
+from infersight.daemon.stacks.discovery import Discovery, Found, NvmlProcesses
+from infersight.daemon.stacks.parse import parse_chrometrace
+from infersight.daemon.stacks.pyspy import PyspyRunner, Recording, find_pyspy
+from infersight.daemon.stacks.thread_cpu import ThreadCpuHistory, read_thread_cpu
+from infersight.storage.model import Batch, Target
 
 _CPU_READ_OFFSET_S = 0.02       # read just after the second turns, so a reading pair spans one bucket
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from infersight.daemon.collectors.gpu import GpuCollector
-from infersight.daemon.config import GpuCollectorConfig
-from infersight.daemon.model import Batch, GpuSample
+from infersight.daemon.config.load import GpuCollectorConfig
+from infersight.storage.model import Batch, GpuSample
 
 pytestmark = pytest.mark.gpu
 

@@ -1,0 +1,1 @@
+"""`infersight demo`: the command, its simulated engine, backends, metrics, timeline and simulated GPU collector."""

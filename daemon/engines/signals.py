@@ -1,0 +1,274 @@
+"""Normalized engine signals from successive scrapes of one endpoint.
+
+:class:`EngineNormalizer` is fed ``(t, Exposition)`` for every successful scrape of one
+endpoint and returns the :class:`~.model.EngineSample` and :class:`~.model.HistogramDelta`
+records of that moment, per engine (recognised from metric names, see engine_specs) and
+model (the ``model_name``/``model``/... label; "" when the engine has none):
+
+- gauges as read (``requests_running``/``requests_waiting`` summed over the engine's data-
+  parallel series, ``kv_cache_usage`` the fullest one);
+- counters as per-second rates over the time since the previous scrape. A counter that went
+  down, or whose ``_created`` changed, was reset (engine restart): its current value is taken
+  as the increase since the reset, so a rate is never negative and never spikes. A series
+  seen for the first time gives no rate (its value holds the whole past);
+- histograms as bucket deltas (one HistogramDelta per model and scrape with observations)
+  and p50/p95/p99 over the last ``quantile_window_s`` seconds, as ``ttft_seconds_p95`` etc.
+
+Series repeated along rank labels (SGLang's ``tp_rank``...) count once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from infersight.daemon.engines import histograms as eh
+from infersight.daemon.engines.promtext import Exposition, Sample
+from infersight.daemon.engines.specs import (
+    BREAKDOWN_LABELS,
+    COUNTER,
+    GAUGE,
+    REPLICA_LABELS,
+    EngineSpec,
+    Source,
+    detect,
+    model_of,
+)
+from infersight.storage.model import EngineSample, HistogramDelta
+
+HISTOGRAM_SIGNALS = ("ttft_seconds", "itl_seconds", "e2e_seconds")
+QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+
+# Every signal an EngineSample may carry, name -> unit (served by /api/signals).
+ENGINE_SIGNALS: dict[str, str] = {
+    "requests_running": "requests",
+    "requests_waiting": "requests",
+    "kv_cache_usage": "ratio",
+    "prompt_tokens_per_s": "tokens_per_second",
+    "generation_tokens_per_s": "tokens_per_second",
+    "preemptions_per_s": "per_second",
+    **{f"{h}_{suffix}": "seconds" for h in HISTOGRAM_SIGNALS for suffix, _ in QUANTILES},
+}
+# Gauges combined by maximum across series rather than summed.
+MAX_GAUGES = frozenset({"kv_cache_usage"})
+
+Labels = tuple[tuple[str, str], ...]
+_V = TypeVar("_V")
+
+
+@dataclass(slots=True)
+class Normalized:
+    """What one scrape gave: the records plus who was seen (for the endpoint's status)."""
+
+    engine_samples: list[EngineSample] = field(default_factory=list)
+    histogram_deltas: list[HistogramDelta] = field(default_factory=list)
+    engines: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+
+
+class EngineNormalizer:
+    """Stateful normalizer of one endpoint. Not thread-safe: one scrape at a time."""
+
+    def __init__(self, endpoint: str, quantile_window_s: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self.quantile_window_s = quantile_window_s
+        self._t_prev: float | None = None
+        self._counters: dict[tuple[str, Labels], tuple[float, float | None]] = {}
+        self._hists: dict[tuple[str, Labels], tuple[eh.Buckets, float | None]] = {}
+        self._windows: dict[tuple[str, str, str], eh.QuantileWindow] = {}
+
+    def update(self, t: float, exp: Exposition) -> Normalized:
+        """Records for the scrape taken at Unix time ``t`` (seconds)."""
+        by_name = exp.by_name()
+        dt = t - self._t_prev if self._t_prev is not None and t > self._t_prev else None
+        scrape = _Scrape(by_name, dt, {}, {})
+        out = Normalized()
+        models: set[str] = set()
+        for spec in detect(by_name):
+            out.engines.append(spec.name)
+            for signal, sources in spec.signals.items():
+                if signal in HISTOGRAM_SIGNALS:
+                    self._histogram(t, spec, signal, sources, scrape, out, models)
+                else:
+                    self._scalar(t, spec, signal, sources, scrape, out, models)
+        # Only series present now carry state forward: bounded by the scrape's size.
+        self._counters, self._hists = scrape.counters, scrape.hists
+        # After a clock step backwards one scrape gives no rates, then rates resume.
+        self._t_prev = t
+        self._prune_windows(t)
+        out.models = sorted(models)
+        return out
+
+    # -- gauges and counters -------------------------------------------------------------
+    def _scalar(self, t: float, spec: EngineSpec, signal: str, sources: tuple[Source, ...],
+                scrape: _Scrape, out: Normalized, models: set[str]) -> None:
+        done: set[str] = set()
+        for source in sources:
+            per_model: dict[str, list[tuple[Labels, float]]] = {}
+            for sample in _matching(scrape.by_name, source):
+                value = self._counter_delta(sample, scrape) if source.kind == COUNTER else sample.value
+                model = model_of(sample.labels)
+                models.add(model)
+                if value is None or not math.isfinite(value) or model in done:
+                    per_model.setdefault(model, [])  # present: later alternatives do not apply
+                    continue
+                per_model.setdefault(model, []).append((sample.labels, value * source.scale))
+            for model, values in per_model.items():
+                if model in done:
+                    continue
+                done.add(model)
+                values = _one_per_replica(_drop_breakdowns(values))
+                if not values:
+                    continue
+                if source.kind == GAUGE:
+                    v = max(values) if signal in MAX_GAUGES else sum(values)
+                elif scrape.dt is None:
+                    continue
+                else:
+                    v = sum(values) / scrape.dt
+                if not math.isfinite(v):
+                    continue
+                out.engine_samples.append(EngineSample(t, self.endpoint, spec.name, model, signal, v))
+
+    def _counter_delta(self, sample: Sample, scrape: _Scrape) -> float | None:
+        key = (sample.name, sample.labels)
+        created = scrape.created(sample.name, sample.labels)
+        if key in scrape.counters:  # the same series twice in one scrape: keep the first
+            return None
+        if not math.isfinite(sample.value) or sample.value < 0:
+            return None  # not a counter value: the series is ignored, not stored
+        scrape.counters[key] = (sample.value, created)
+        prev = self._counters.get(key)
+        if prev is None or scrape.dt is None:
+            return None
+        prev_value, prev_created = prev
+        reset = sample.value < prev_value or (created is not None and prev_created is not None
+                                             and created != prev_created)
+        return sample.value if reset else sample.value - prev_value
+
+    # -- histograms ----------------------------------------------------------------------
+    def _histogram(self, t: float, spec: EngineSpec, signal: str, sources: tuple[Source, ...],
+                   scrape: _Scrape, out: Normalized, models: set[str]) -> None:
+        done: set[str] = set()
+        for source in sources:
+            per_model: dict[str, list[tuple[Labels, eh.Buckets]]] = {}
+            buckets = eh.assemble(_matching(scrape.by_name, source), source.scale)
+            for labels, cur in buckets.items():
+                model = model_of(labels)
+                models.add(model)
+                key = (source.name, labels)
+                created = scrape.created(source.name + "_bucket", labels)
+                scrape.hists[key] = (cur, created)
+                per_model.setdefault(model, [])
+                prev = self._hists.get(key)
+                if prev is None or scrape.dt is None or model in done:
+                    continue
+                reset = created is not None and prev[1] is not None and created != prev[1]
+                counts = eh.delta(prev[0], cur, reset)
+                if counts is not None:
+                    per_model[model].append((labels, (cur[0], counts)))
+            for model, deltas in per_model.items():
+                if model in done:
+                    continue
+                done.add(model)
+                self._emit_histogram(t, spec.name, model, signal, deltas, scrape.dt, out)
+        for model in done:
+            self._emit_quantiles(t, spec.name, model, signal, out)
+
+    def _emit_histogram(self, t: float, engine: str, model: str, signal: str,
+                        deltas: list[tuple[Labels, eh.Buckets]], dt: float | None, out: Normalized) -> None:
+        summed: dict[tuple[float, ...], list[float]] = {}
+        for _, (bounds, counts) in _one_per_replica_hist(_drop_breakdowns(deltas)):
+            acc = summed.setdefault(bounds, [0.0] * len(bounds))
+            for i, c in enumerate(counts):
+                acc[i] += c
+        for bounds, counts in summed.items():
+            if not counts[-1] > 0 or dt is None:
+                continue
+            total = tuple(counts)
+            out.histogram_deltas.append(HistogramDelta(t, self.endpoint, engine, model, signal, bounds, total, dt))
+            key = (engine, model, signal)
+            window = self._windows.get(key)
+            if window is None:
+                window = self._windows[key] = eh.QuantileWindow(self.quantile_window_s)
+            window.add(t, bounds, total)
+
+    def _emit_quantiles(self, t: float, engine: str, model: str, signal: str, out: Normalized) -> None:
+        window = self._windows.get((engine, model, signal))
+        totals = window.totals(t) if window is not None else None
+        if totals is None:
+            return
+        for suffix, q in QUANTILES:
+            value = eh.quantile(q, *totals)
+            if value is not None:
+                out.engine_samples.append(EngineSample(t, self.endpoint, engine, model, f"{signal}_{suffix}", value))
+
+    def _prune_windows(self, t: float) -> None:
+        for key in [k for k, w in self._windows.items() if w.totals(t) is None]:
+            del self._windows[key]
+
+
+@dataclass(slots=True)
+class _Scrape:
+    by_name: dict[str, list[Sample]]
+    dt: float | None
+    counters: dict[tuple[str, Labels], tuple[float, float | None]]
+    hists: dict[tuple[str, Labels], tuple[eh.Buckets, float | None]]
+    _created: dict[str, dict[Labels, float]] = field(default_factory=dict)
+
+    def created(self, sample_name: str, labels: Labels) -> float | None:
+        """The ``_created`` timestamp of a counter or histogram series, when exposed."""
+        for suffix in ("_total", "_sum", "_count", "_bucket"):
+            if sample_name.endswith(suffix):
+                base = sample_name[: -len(suffix)]
+                break
+        else:
+            base = sample_name
+        name = base + "_created"
+        index = self._created.get(name)
+        if index is None:
+            index = self._created[name] = {s.labels: s.value for s in self.by_name.get(name, ())}
+        return index.get(labels)
+
+
+def _matching(by_name: dict[str, list[Sample]], source: Source) -> list[Sample]:
+    """Samples of the first of the source's sample names present, carrying its match labels."""
+    for name in source.sample_names():
+        samples = by_name.get(name)
+        if samples:
+            if not source.match:
+                return samples
+            return [s for s in samples if all(pair in s.labels for pair in source.match)]
+    return []
+
+
+def _drop_breakdowns(values: list[tuple[Labels, _V]]) -> list[tuple[Labels, _V]]:
+    """Without the parts of a total (``priority="high"``) when the total itself is present."""
+    for label in BREAKDOWN_LABELS:
+        has_total = any(not dict(labels).get(label) for labels, _ in values)
+        if has_total:
+            values = [(labels, v) for labels, v in values if not dict(labels).get(label)]
+    return values
+
+
+def _replica_key(labels: Labels) -> Labels:
+    return tuple((k, v) for k, v in labels if k not in REPLICA_LABELS)
+
+
+def _one_per_replica(values: list[tuple[Labels, float]]) -> list[float]:
+    """One value per series once rank labels are ignored: the largest of the copies."""
+    best: dict[Labels, float] = {}
+    for labels, v in values:
+        key = _replica_key(labels)
+        if key not in best or v > best[key]:
+            best[key] = v
+    return list(best.values())
+
+
+def _one_per_replica_hist(deltas: list[tuple[Labels, eh.Buckets]]) -> list[tuple[Labels, eh.Buckets]]:
+    best: dict[Labels, tuple[Labels, eh.Buckets]] = {}
+    for labels, buckets in deltas:
+        key = _replica_key(labels)
+        if key not in best or buckets[1][-1] > best[key][1][1][-1]:
+            best[key] = (labels, buckets)
+    return list(best.values())

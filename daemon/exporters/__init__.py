@@ -1,0 +1,1 @@
+"""Fleet exporters: hourly Parquet files and Grafana Pyroscope pushes."""

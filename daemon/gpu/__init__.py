@@ -1,0 +1,1 @@
+"""GPU counters: the NVML seam and its fake, GPM, device reading, XID events, the dcgm-exporter source."""

@@ -1,0 +1,293 @@
+"""Which processes to profile: GPU holders, command-line matches, explicit PIDs, their children.
+
+A scan reads the process table from procfs (Linux) and returns one :class:`Found` per target:
+
+- (a) processes holding a CUDA context, from NVML (a callable or a fixed mapping ``{pid:
+  gpu indices}`` is passed in, so this runs and is tested without a GPU);
+- (b) Python processes whose command line matches one of ``targets.cmdline_patterns``;
+- (c) the configured and ``--pid`` PIDs (always tried, so a wrong one gets a clear error);
+- (d) with ``targets.include_descendants``, the Python descendants of all of the above.
+
+A process is Python when its executable or ``argv[0]`` is named ``python*`` or it maps a
+``libpython`` (embedding stubs such as Triton's). The agent's own process and py-spy runs
+are never targets. Identity is ``(host, pid, start_time)`` with the start
+time from ``/proc/PID/stat`` computed exactly as psutil's ``create_time()`` (Unix seconds,
+10 ms resolution), so a reused PID is a new target and keys match the other collectors'. Scans block on procfs and NVML: run them through ``asyncio.to_thread``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping, Union
+
+from infersight.daemon.config.load import TargetsConfig
+from infersight.storage.model import Target
+
+NvmlSource = Union[Callable[[], Mapping[int, Iterable[int]]], Mapping[int, Iterable[int]], None]
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PYTHON_NAME = re.compile(r"^python[\d.]*[dmu]*$")
+_EMBEDDED = re.compile(r"triton_python_backend_stub")
+_ROLES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("engine_core", re.compile(r"EngineCore|sglang::scheduler|sglang\.srt\.managers\.scheduler")),
+    ("api_server", re.compile(r"vllm serve|vllm[./]entrypoints|APIServer|sglang[./ ]launch_server|trtllm-serve"
+                              r"|(?:^|/)tritonserver(?: |$)")),
+    ("worker", re.compile(r"VllmWorker|VLLM::Worker|RayWorkerWrapper|text[-_]generation[-_]server"
+                          r"|triton_python_backend_stub|sglang::.*worker|mpi4py")),
+)
+_CMDLINE_REFRESH_S = 30.0      # older processes rarely rename themselves (setproctitle)
+_YOUNG_S = 60.0                # a process this young has its command line re-read every scan
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A target and why it was chosen (``nvml``, ``pattern``, ``pid``, ``descendant``)."""
+
+    target: Target
+    python: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class _Proc:
+    pid: int
+    ppid: int
+    start_time: float
+    cmdline: str
+    argv0: str
+    read_at: float
+    python: bool | None = None
+    matched: bool | None = None        # command line matches a configured pattern
+
+
+def infer_role(cmdline: str, *, gpu: bool, matched: bool) -> str:
+    """api_server, engine_core, worker from the command line; else engine for a GPU holder or a
+    pattern match, other for the rest."""
+    for role, pattern in _ROLES:
+        if pattern.search(cmdline):
+            return role
+    return "engine" if gpu or matched else "other"
+
+
+def diff(before: Mapping[tuple, Target], after: Mapping[tuple, Target]) -> tuple[list[Target], list[Target]]:
+    """(started, exited) between two scans keyed by Target.key."""
+    started = [t for k, t in after.items() if k not in before]
+    exited = [t for k, t in before.items() if k not in after]
+    return started, exited
+
+
+class NvmlProcesses:
+    """Callable giving ``{pid: (gpu indices)}`` of every GPU's compute processes via NVML.
+
+    Returns ``{}`` when NVML is not there; ``error`` then says why. Blocking.
+    """
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+        self._ready = False
+
+    def __call__(self) -> dict[int, tuple[int, ...]]:
+        try:
+            import pynvml
+
+            if not self._ready:
+                pynvml.nvmlInit()
+                self._ready = True
+            out: dict[int, list[int]] = {}
+            for index in range(pynvml.nvmlDeviceGetCount()):
+                handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    out.setdefault(int(proc.pid), []).append(index)
+            self.error = None
+            return {pid: tuple(sorted(set(g))) for pid, g in out.items()}
+        except Exception as exc:  # NVML raises its own error types, and ImportError without it
+            self.error = f"NVML process list unavailable: {exc}"
+            return {}
+
+
+class Discovery:
+    """Scans the process table; keeps a small cache so a scan reads little for known processes."""
+
+    def __init__(self, config: TargetsConfig, host: str, *, nvml: NvmlSource = None,
+                 extra_pids: Iterable[int] = (), proc: str = "/proc", own_pid: int | None = None) -> None:
+        self.config = config
+        self.host = host
+        self.nvml = nvml
+        self.nvml_error: str | None = None
+        self.pids = tuple(dict.fromkeys([*config.pids, *extra_pids]))
+        self.proc = proc
+        self.own_pid = os.getpid() if own_pid is None else own_pid
+        self._patterns = [re.compile(p) for p in config.cmdline_patterns]
+        self._cache: dict[int, _Proc] = {}
+        self._watch: set[int] = set()
+        self._btime = self._boot_time()
+
+    def scan(self) -> list[Target]:
+        return [f.target for f in self.scan_detailed()]
+
+    def scan_detailed(self) -> list[Found]:
+        now = time.time()
+        procs = self._read_table(now)
+        gpus = self._gpu_map()
+        children: dict[int, list[int]] = {}
+        for p in procs.values():
+            children.setdefault(p.ppid, []).append(p.pid)
+        # The agent itself and py-spy runs are never targets; the agent's other children are
+        # (the demo engine, tests' programs).
+        excluded = {self.own_pid} | {p.pid for p in procs.values() if os.path.basename(p.argv0) == "py-spy"}
+        reasons: dict[int, list[str]] = {}
+        for pid in gpus:
+            if pid in procs:
+                reasons.setdefault(pid, []).append("nvml")
+        for p in procs.values():
+            if p.matched is None:
+                p.matched = any(rx.search(p.cmdline) for rx in self._patterns)
+            if p.matched and self._is_python(p):
+                reasons.setdefault(p.pid, []).append("pattern")
+        for pid in self.pids:
+            if pid in procs:
+                reasons.setdefault(pid, []).append("pid")
+        if self.config.include_descendants:
+            for seed in list(reasons):
+                for pid in self._tree(seed, children):
+                    if pid != seed and pid not in reasons and self._is_python(procs[pid]):
+                        reasons.setdefault(pid, []).append("descendant")
+        found: list[Found] = []
+        for pid, why in sorted(reasons.items()):
+            if pid in excluded:
+                continue
+            p = procs[pid]
+            gpu = tuple(gpus.get(pid, ()))
+            role = infer_role(p.cmdline, gpu=bool(gpu), matched="pattern" in why or "nvml" in why)
+            target = Target(host=self.host, pid=pid, start_time=p.start_time, cmdline=p.cmdline, role=role, gpus=gpu)
+            found.append(Found(target=target, python=self._is_python(p) or "pid" in why, reasons=tuple(why)))
+        self._watch = {f.target.pid for f in found}
+        return found
+
+    def alive(self, target: Target) -> bool:
+        """Whether ``target`` (same pid and start time) still runs. One procfs read."""
+        stat = self._stat(target.pid)
+        return stat is not None and stat[1] == target.start_time
+
+    # -- procfs -----------------------------------------------------------------------------
+
+    def _boot_time(self) -> float:
+        try:
+            with open(f"{self.proc}/stat") as fh:
+                for line in fh:
+                    if line.startswith("btime "):
+                        return float(line.split()[1])
+        except OSError:
+            pass
+        return 0.0
+
+    def _stat(self, pid: int) -> tuple[int, float] | None:
+        """(ppid, start time) or None when the process is gone (a zombie counts as gone)."""
+        try:
+            with open(f"{self.proc}/{pid}/stat", "rb") as fh:
+                text = fh.read().decode("utf-8", "replace")
+            rest = text[text.rindex(")") + 2:].split()
+            if rest[0] in ("Z", "X"):
+                return None
+            # Same arithmetic as psutil's create_time(), so other collectors' keys match ours.
+            return int(rest[1]), float(rest[19]) / _CLK_TCK + self._btime
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _cmdline(self, pid: int) -> tuple[str, str]:
+        try:
+            with open(f"{self.proc}/{pid}/cmdline", "rb") as fh:
+                raw = fh.read()
+        except OSError:
+            return "", ""
+        args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
+        return " ".join(args), (args[0] if args else "")
+
+    def _read_table(self, now: float) -> dict[int, _Proc]:
+        try:
+            pids = [int(n) for n in os.listdir(self.proc) if n.isdigit()]
+        except OSError:
+            return {}
+        live = set(pids)
+        for pid in list(self._cache):
+            if pid not in live:
+                del self._cache[pid]
+        out: dict[int, _Proc] = {}
+        for pid in pids:
+            # A known process is taken from the cache until its entry is _CMDLINE_REFRESH_S
+            # old; young processes (they may still rename themselves) and current targets (a
+            # reused PID must show as a new start time at once) are read every scan. A PID
+            # reused by an unrelated process within the refresh time would need the PID space
+            # to wrap around in between.
+            cached = self._cache.get(pid)
+            if (cached is not None and pid not in self._watch and now - cached.read_at <= _CMDLINE_REFRESH_S
+                    and now - cached.start_time >= _YOUNG_S):
+                if cached.cmdline:
+                    out[pid] = cached
+                continue
+            stat = self._stat(pid)
+            if stat is None:
+                continue
+            ppid, start = stat
+            if cached is not None and cached.start_time == start and now - cached.read_at <= _CMDLINE_REFRESH_S \
+                    and now - start >= _YOUNG_S:
+                cached.ppid = ppid
+                if cached.cmdline:
+                    out[pid] = cached
+                continue
+            cmdline, argv0 = self._cmdline(pid)
+            keep_python = cached.python if cached is not None and cached.start_time == start else None
+            p = _Proc(pid=pid, ppid=ppid, start_time=start, cmdline=cmdline, argv0=argv0, read_at=now,
+                      python=keep_python if cmdline else False, matched=None if cmdline else False)
+            # Kernel threads and zombies (no command line) stay cached so they cost nothing
+            # next time, but are never targets.
+            self._cache[pid] = p
+            if cmdline:
+                out[pid] = p
+        return out
+
+    def _is_python(self, p: _Proc) -> bool:
+        if p.python is None:
+            p.python = self._looks_python(p)
+        return p.python
+
+    def _looks_python(self, p: _Proc) -> bool:
+        names = [os.path.basename(p.argv0.split(" ")[0])]
+        try:
+            names.append(os.path.basename(os.readlink(f"{self.proc}/{p.pid}/exe")))
+        except OSError:
+            pass
+        if any(_PYTHON_NAME.match(n) for n in names) or _EMBEDDED.search(p.cmdline):
+            return True
+        try:
+            with open(f"{self.proc}/{p.pid}/maps", "rb") as fh:
+                return any(b"libpython" in line for line in fh)
+        except OSError:
+            return False
+
+    def _gpu_map(self) -> dict[int, tuple[int, ...]]:
+        if not self.config.use_nvml_processes or self.nvml is None:
+            return {}
+        source = self.nvml
+        try:
+            mapping = source() if callable(source) else source
+            self.nvml_error = getattr(source, "error", None)
+        except Exception as exc:  # an injected lister may raise anything; discovery goes on without it
+            self.nvml_error = f"NVML process list failed: {exc}"
+            return {}
+        return {int(pid): tuple(sorted(set(int(g) for g in gpus))) for pid, gpus in mapping.items()}
+
+    @staticmethod
+    def _tree(root: int, children: Mapping[int, list[int]]) -> list[int]:
+        out, stack = [], [root]
+        seen = set()
+        while stack:
+            pid = stack.pop()
+            if pid in seen:
+                continue
+            seen.add(pid)
+            out.append(pid)
+            stack.extend(children.get(pid, ()))
+        return out
