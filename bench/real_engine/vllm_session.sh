@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Real-vLLM sessions on the GPU machine, from the repo root, after the offline vLLM bundle of
+# shared/tools/vllm/ is installed in /tmp/site (`bash .vllm/install.sh`). Results go to $OUT.
+#
+#   bash bench/real_engine/vllm_session.sh small   recording of a 0.8 B model (vLLM's own CPU work
+#                                                  dominates), with a restart: $OUT/vllm-small.tar.gz
+#   bash bench/real_engine/vllm_session.sh large   the agent itself watching a ~7 B model from before
+#                                                  vLLM starts, recorded at the same time, then the
+#                                                  agent's overhead on vLLM's tokens/s (bench/vllm_overhead.py)
+#
+# Needs: .vllm/mkmodel.py (copy of shared/tools/vllm/mkmodel.py), .whl/pyspy/*.whl; for `large`
+# also .whl/agent/*.whl (duckdb, orjson, apscheduler, tzlocal and the infersight wheel).
+set -u
+MODE=$1
+: "${OUT:=/tmp/out}"
+mkdir -p "$OUT"
+PORT=8011
+if [ ! -x /tmp/pyspy/bin/py-spy ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/pyspy .whl/pyspy/*.whl || exit 1
+fi
+PYSPY=/tmp/pyspy/bin/py-spy
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+
+serve_cmd() {  # MODEL_DIR -> the bash command that execs vllm serve
+  echo "source /tmp/site/vllm-env.sh && exec vllm serve $1 --load-format dummy --port $PORT --max-model-len 8192 --gpu-memory-utilization 0.80"
+}
+
+case "$MODE" in
+small)
+  python3 .vllm/mkmodel.py /tmp/m-small > /dev/null || exit 1
+  timeout -s INT 480 python3 bench/real_engine/record.py --out /tmp/rec/vllm-small --model /tmp/m-small --port $PORT \
+    --serve "$(serve_cmd /tmp/m-small)" --pyspy $PYSPY \
+    --phases start,idle:10,prefill:18,heavy_decode:20,single_stream:18,logprobs:18,structured:16,neighbor:18,idle:8,restart,heavy_decode:12
+  cp /tmp/rec/vllm-small/engine.log "$OUT/vllm-small-engine.log"
+  rm -f /tmp/rec/vllm-small/engine.log
+  tar -C /tmp/rec -czf "$OUT/vllm-small.tar.gz" vllm-small
+  ;;
+large)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/agent .whl/agent/*.whl || exit 1
+  python3 .vllm/mkmodel.py /tmp/m-large --hidden-size 4096 --intermediate-size 14336 --layers 32 --heads 32 --kv-heads 8 > /dev/null || exit 1
+  cat > /tmp/agent.toml <<EOF
+[storage]
+path = "/tmp/agent.duckdb"
+[collectors.stacks]
+pyspy_path = "$PYSPY"
+EOF
+  # the agent as a new user runs it: default patterns, metrics endpoint auto-discovered
+  PYTHONPATH=/tmp/agent setsid python3 -m infersight.daemon.cli run --config /tmp/agent.toml > "$OUT/agent.log" 2>&1 &
+  AGENT=$!
+  sleep 5
+  T0=$(date +%s)
+  timeout -s INT 540 python3 bench/real_engine/record.py --out /tmp/rec/vllm-large --model /tmp/m-large --port $PORT \
+    --serve "$(serve_cmd /tmp/m-large)" --pyspy $PYSPY \
+    --phases start,idle:8,single_stream:18,neighbor:18,heavy_decode:18,prefill:18,logprobs:18,structured:15,idle:8 \
+    --after "python3 bench/vllm_overhead.py --base-url \$BASE_URL --model \$MODEL --agent-pid $AGENT --pairs 8 --window-s 8 --json $OUT/overhead.json"
+  sleep 20   # the agent's analysis runs lag_s behind: let it reach the end
+  for q in "windows?from=$T0" "events?from=$T0&limit=500" "health" "processes?all=1" "engines"; do
+    python3 -c "import sys,urllib.request as u; print(u.urlopen('http://127.0.0.1:8321/api/'+sys.argv[1], timeout=30).read().decode())" "$q"
+  done > "$OUT/agent-api.jsonl" 2>&1
+  kill -TERM $AGENT; sleep 6
+  gzip -c /tmp/agent.duckdb > "$OUT/agent.duckdb.gz"
+  cp /tmp/rec/vllm-large/engine.log "$OUT/vllm-large-engine.log"
+  rm -f /tmp/rec/vllm-large/engine.log
+  tar -C /tmp/rec -czf "$OUT/vllm-large.tar.gz" vllm-large
+  ;;
+*) echo "usage: $0 small|large" >&2; exit 2 ;;
+esac
+ls -la "$OUT"
