@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 
+from infersight.storage.series import NOT_SUMMED_SQL
+
 GPU_FEATURES = ("util_gpu", "sm_util", "sm_occupancy", "tensor_util", "dram_bw_util", "power_w", "sm_clock_mhz")
 
 
@@ -30,10 +32,10 @@ def gpu_seconds(cur, gpu: int, t_from: float, t_to: float) -> dict[int, dict[str
 
 
 def engine_seconds(cur, t_from: float, t_to: float) -> dict[int, dict[str, float]]:
-    """Engine signals per second, summed over endpoints and models (max for ratios/quantiles)."""
-    rows = cur.execute("""
-        SELECT sec, signal, CASE WHEN signal IN ('kv_cache_usage') OR signal LIKE '%\\_p__' ESCAPE '\\'
-                                 THEN max(v) ELSE sum(v) END
+    """Engine signals per second, summed over endpoints and models (max for the signals that are
+    not amounts: series.NOT_SUMMED_SQL)."""
+    rows = cur.execute(f"""
+        SELECT sec, signal, CASE WHEN {NOT_SUMMED_SQL} THEN max(v) ELSE sum(v) END
         FROM (SELECT floor(t)::BIGINT sec, signal, endpoint, model, avg(value) v FROM engine_samples
               WHERE t >= ? AND t < ? AND NOT isnan(value) GROUP BY 1, 2, 3, 4)
         GROUP BY 1, 2""", [t_from, t_to]).fetchall()
@@ -99,6 +101,12 @@ def gpu_processes(cur, gpu: int, t_from: float, t_to: float) -> dict[int, dict]:
     return {int(r[0]): {"used_memory_bytes": r[1], "sm_util": r[2], "samples": r[3]} for r in rows}
 
 
+def gpu_name(cur, gpu: int) -> str | None:
+    """The model name NVML gave ``gpu`` (None before its facts were collected)."""
+    row = cur.execute("SELECT name FROM gpus WHERE gpu = ?", [gpu]).fetchone()
+    return row[0] if row else None
+
+
 def peak_dram_bandwidth(cur, gpu: int) -> float | None:
     row = cur.execute("SELECT peak_dram_bw_bytes_s FROM gpus WHERE gpu = ?", [gpu]).fetchone()
     return row[0] if row else None
@@ -118,10 +126,9 @@ def first_gpu_second(cur) -> float | None:
 
 def engine_means(cur, t_from: float, t_to: float) -> dict[str, float]:
     """Mean of each engine signal over the range (summed over endpoints and models per time)."""
-    rows = cur.execute("""
+    rows = cur.execute(f"""
         SELECT signal, avg(v) FROM (
-            SELECT t, signal, CASE WHEN signal = 'kv_cache_usage' OR signal LIKE '%\\_p__' ESCAPE '\\'
-                                   THEN max(value) ELSE sum(value) END v
+            SELECT t, signal, CASE WHEN {NOT_SUMMED_SQL} THEN max(value) ELSE sum(value) END v
             FROM engine_samples WHERE t >= ? AND t < ? AND NOT isnan(value) GROUP BY 1, 2)
         GROUP BY 1""", [t_from, t_to]).fetchall()
     return {s: float(v) for s, v in rows if v is not None}

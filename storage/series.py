@@ -5,6 +5,8 @@ Every series comes back as points ``[[t, value], ...]`` averaged into ``step``-s
 """
 from __future__ import annotations
 
+import re
+
 from infersight.storage.model import GPU_SIGNALS
 
 HOST_SIGNALS = {"host_cpu_percent": ("cpu_percent", "percent"), "host_mem_used_bytes": ("mem_used_bytes", "bytes"),
@@ -12,6 +14,18 @@ HOST_SIGNALS = {"host_cpu_percent": ("cpu_percent", "percent"), "host_mem_used_b
 PROCESS_SIGNALS = {"process_cpu_percent": ("cpu_percent", "percent_of_core"), "process_rss_bytes": ("rss_bytes", "bytes"),
                    "process_threads": ("threads", "count")}
 MAX_POINTS = 100_000
+
+# Engine signals that are not amounts -- ratios, latency quantiles and latencies, per-GPU
+# rates (each GPU of an engine does about the same work) -- are combined across endpoints and
+# models by their maximum, the busiest; the others (requests, token rates) add up.
+_NOT_SUMMED_RE = r"(_p[0-9][0-9]|_ratio|_seconds)$"
+NOT_SUMMED_SQL = (f"(signal = 'kv_cache_usage' OR regexp_matches(signal, '{_NOT_SUMMED_RE}') "
+                  "OR contains(signal, '_per_gpu_'))")
+
+
+def summed(signal: str) -> bool:
+    """Whether engine ``signal`` adds up across endpoints and models (see NOT_SUMMED_SQL)."""
+    return not (signal == "kv_cache_usage" or re.search(_NOT_SUMMED_RE, signal) is not None or "_per_gpu_" in signal)
 
 
 def gpu_series(cur, signal: str, gpu: int, t_from: float, t_to: float, step: float) -> list[list[float]]:
@@ -38,8 +52,9 @@ def engine_series(cur, signal: str, t_from: float, t_to: float, step: float,
                   model: str | None = None, endpoint: str | None = None) -> list[list[float]]:
     """An engine signal summed over models and endpoints per sample time, then binned.
 
-    Summing is right for running/waiting requests and token rates; for quantile signals
-    pass ``model`` (and ``endpoint``) to get one engine's value.
+    Summing is right for running/waiting requests and token rates; ratios, quantiles,
+    latencies and per-GPU rates take the maximum instead (:func:`summed`). Pass ``model``
+    (and ``endpoint``) to get one engine's value.
     """
     params: list = [signal, t_from, t_to]
     extra = ""
@@ -49,7 +64,7 @@ def engine_series(cur, signal: str, t_from: float, t_to: float, step: float,
     if endpoint is not None:
         extra += " AND endpoint = (SELECT id FROM endpoints WHERE url = ?)"
         params.append(endpoint)
-    agg = "max" if signal.endswith(("_p50", "_p95", "_p99")) or signal == "kv_cache_usage" else "sum"
+    agg = "sum" if summed(signal) else "max"
     inner = (f"SELECT t, {agg}(value) AS v FROM engine_samples WHERE signal = ? AND t >= ? AND t < ?{extra} "
              "AND NOT isnan(value) GROUP BY t")
     return _binned(cur, inner, params, t_from, step)

@@ -18,10 +18,12 @@ from typing import Any, Callable
 from infersight.daemon.analysis import attribution
 from infersight.daemon.analysis.classify import Second, classify
 from infersight.daemon.analysis.detectors import MismatchDetector, SaturationDetector, mbu_features
+from infersight.daemon.analysis.engine_roof import engine_roof_features
 from infersight.daemon.analysis.regression import RegressionDetector
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import build_seconds, serving_pids
 from infersight.daemon.config.load import Config
+from infersight.daemon.gpu.peaks import peaks_for
 from infersight.daemon.logfmt import kv
 from infersight.storage import analysis as q
 from infersight.storage import events as q_events
@@ -134,11 +136,13 @@ class Analyzer:
         st = self._state(gpu)
         seconds = self.store.read_sync(build_seconds, gpu, t_from, t_to, self.cfg)
         peak_bw = self.store.read_sync(q.peak_dram_bandwidth, gpu)
+        peaks = peaks_for(self.store.read_sync(q.gpu_name, gpu))
         windows = []
         finished: list[Segment] = []
         for s in seconds:
             klass, features = classify(s, self.cfg, self.rate_hz)
             features.update(mbu_features(s, peak_bw, self.cfg.model_weight_bytes))
+            features.update(engine_roof_features(s, peaks, peak_bw))
             if klass in GAP_CLASSES and s.in_flight is False and klass != "stall":
                 feed_class = "none"  # a busy process with no work in flight is not starving the GPU
             else:

@@ -64,6 +64,9 @@ class Second:
     waiting: float | None = None
     gen_tokens_s: float | None = None
     prompt_tokens_s: float | None = None
+    # the engine's own estimates of the work of this second, per GPU (vLLM >= 0.24, SGLang)
+    flops_per_gpu_s: float | None = None        # FLOP/s
+    dram_bytes_per_gpu_s: float | None = None   # bytes read + written per second
     processes: list[ProcessSecond] = field(default_factory=list)
 
     @property

@@ -63,5 +63,12 @@ def build_seconds(cur, gpu: int, t_from: int, t_to: int, cfg: AnalysisConfig) ->
             tensor_util=g["tensor_util"], dram_bw_util=g["dram_bw_util"],
             running=e.get("requests_running"), waiting=e.get("requests_waiting"),
             gen_tokens_s=e.get("generation_tokens_per_s"), prompt_tokens_s=e.get("prompt_tokens_per_s"),
+            flops_per_gpu_s=e.get("flops_per_gpu_per_s"), dram_bytes_per_gpu_s=_bytes_moved(e),
             processes=procs))
     return out
+
+
+def _bytes_moved(engine: dict[str, float]) -> float | None:
+    """Bytes read plus written per GPU and second, by the engine's estimate (None: not exported)."""
+    parts = [engine[k] for k in ("read_bytes_per_gpu_per_s", "write_bytes_per_gpu_per_s") if k in engine]
+    return sum(parts) if parts else None
