@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 from infersight.daemon.analysis import attribution
 from infersight.daemon.analysis.classify import Second, classify
@@ -21,7 +21,7 @@ from infersight.daemon.analysis.detectors import MismatchDetector, SaturationDet
 from infersight.daemon.analysis.engine_roof import engine_roof_features
 from infersight.daemon.analysis.regression import RegressionDetector
 from infersight.daemon.analysis.runs import RunTracker, Segment
-from infersight.daemon.analysis.seconds import build_seconds, serving_pids
+from infersight.daemon.analysis.seconds import EngineScope, build_seconds, serving_pids
 from infersight.daemon.config.load import Config
 from infersight.daemon.gpu.peaks import peaks_for
 from infersight.daemon.logfmt import kv
@@ -52,7 +52,12 @@ class Analyzer:
     name = "analysis"
 
     def __init__(self, config: Config, store: Store, *, rate_hz: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 endpoint_gpus: Callable[[], Awaitable[Mapping[str, tuple[int, ...]]]] | None = None) -> None:
+        """``endpoint_gpus`` (live daemon) gives each engine endpoint URL's GPUs, () when not
+        known; it is awaited on the event loop before each tick, and each GPU's seconds then
+        read only their own engines' signals (seconds.EngineScope). Without it (replay), every
+        GPU reads the host's sum."""
         self.cfg = config.analysis
         self.host = config.host
         self.store = store
@@ -67,11 +72,15 @@ class Analyzer:
         self.events_written = 0
         self.windows_written = 0
         self.on_events: list[Callable[[list[Event]], Any]] = []
+        self.endpoint_gpus = endpoint_gpus
+        self.engine_map: Mapping[str, tuple[int, ...]] | None = None   # the last endpoint_gpus answer
         self._open_ids: set[str] = set()
 
     # -- daemon component ---------------------------------------------------------------------
     async def tick(self) -> None:
         try:
+            if self.endpoint_gpus is not None:
+                self.engine_map = dict(await self.endpoint_gpus())
             events = await asyncio.to_thread(self.step, self.clock())
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -134,7 +143,8 @@ class Analyzer:
 
     def _analyse_gpu(self, gpu: int, t_from: int, t_to: int, targets: list[dict]) -> list[Event]:
         st = self._state(gpu)
-        seconds = self.store.read_sync(build_seconds, gpu, t_from, t_to, self.cfg)
+        seconds = self.store.read_sync(build_seconds, gpu, t_from, t_to, self.cfg,
+                                       EngineScope.for_gpu(gpu, self.engine_map))
         peak_bw = self.store.read_sync(q.peak_dram_bandwidth, gpu)
         peaks = peaks_for(self.store.read_sync(q.gpu_name, gpu))
         windows = []
@@ -164,24 +174,28 @@ class Analyzer:
         events += [self._gap_event(gpu, seg, st, serving, open_=True) for seg in st.gaps.open_segments()]
         foreign = self._foreign(gpu, targets, t_from, t_to, serving)
         events += st.mismatch.events(self.host, gpu, foreign)
-        events += st.saturation.events(self.host, gpu)
+        events += st.saturation.events(self.host, gpu, foreign)
         keep_from = max(st.gaps.open_since() or t_to, t_to - KEEP_SECONDS_S)
         for t in [t for t in st.seconds if t < keep_from]:
             del st.seconds[t]
         return events
 
     def _foreign(self, gpu: int, targets: list[dict], t_from: int, t_to: int, serving: dict[int, str]) -> list[dict]:
-        """Processes on the GPU that are not the engine's (NVML), with their SM share where known."""
+        """Processes on the GPU that are not the engine's (NVML), with their command line (as
+        discovery stored it, redacted), GPU memory and SM share where known."""
         seen = self.store.read_sync(q.gpu_processes, gpu, t_from, t_to)
-        roles = {int(t["pid"]): t["role"] for t in targets}
+        by_pid = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
         out = []
         for pid, info in seen.items():
-            if pid not in serving:
-                out.append({"pid": pid, "role": roles.get(pid, "unknown"), "sm_util": info["sm_util"],
+            if pid not in serving and by_pid.get(pid, {}).get("role") != "helper":
+                out.append({"pid": pid, "role": by_pid.get(pid, {}).get("role", "unknown"),
+                            "cmdline": by_pid.get(pid, {}).get("cmdline") or None, "sm_util": info["sm_util"],
                             "used_memory_bytes": info["used_memory_bytes"]})
         for t in targets:
-            if t["role"] == "other_gpu_process" and int(t["pid"]) not in seen and gpu in (t["gpus"] or [gpu]):
-                out.append({"pid": int(t["pid"]), "role": t["role"], "sm_util": None, "used_memory_bytes": None})
+            if (t["role"] == "other_gpu_process" and int(t["pid"]) not in seen and gpu in (t["gpus"] or [gpu])
+                    and (t["exited_at"] is None or t["exited_at"] >= t_from)):
+                out.append({"pid": int(t["pid"]), "role": t["role"], "cmdline": t["cmdline"] or None,
+                            "sm_util": None, "used_memory_bytes": None})
         return out
 
     def _gap_event(self, gpu: int, seg: Segment, st: GpuState, serving: dict[int, str], open_: bool) -> Event:

@@ -114,13 +114,8 @@ class MismatchDetector:
         if lat_now and lat_base:
             parts.append(f"time per token per request {lat_base * 1000:.1f}->{lat_now * 1000:.1f} ms")
         tokens, base_tokens = med("tokens_per_s"), med("baseline_tokens_per_s")
-        who = ""
-        if foreign:
-            names = ", ".join(f"pid {f['pid']}" + (f" ({f['sm_util']:.0f}% SM)" if f.get("sm_util") else "")
-                              for f in foreign[:3])
-            who = f"; other processes on the GPU: {names}"
         summary = (f"GPU {gpu} busy without more throughput for {seg.duration}s: {tokens or 0:.0f} tokens/s vs "
-                   f"{base_tokens or 0:.0f} baseline; " + ", ".join(parts) + who)
+                   f"{base_tokens or 0:.0f} baseline; " + ", ".join(parts) + name_foreign(foreign))
         evidence = {"duration_s": seg.duration, "tokens_per_s": tokens, "baseline_tokens_per_s": base_tokens,
                     "sm_util": med("sm_util"), "baseline_sm_util": med("baseline_sm_util"),
                     "activity_rises": rise_summary, "latency_s_per_token": lat_now,
@@ -157,24 +152,54 @@ class SaturationDetector:
         for t in [t for t in self.trend if t < s.t - 3 * 3600]:
             del self.trend[t]
 
-    def events(self, host: str, gpu: int) -> list[Event]:
-        out = [self._event(host, gpu, seg, False) for seg in self.finished]
+    def events(self, host: str, gpu: int, foreign: list[dict] | None = None) -> list[Event]:
+        foreign = foreign or []
+        out = [self._event(host, gpu, seg, foreign, False) for seg in self.finished]
         self.finished = []
-        out += [self._event(host, gpu, seg, True) for seg in self.tracker.open_segments()]
+        out += [self._event(host, gpu, seg, foreign, True) for seg in self.tracker.open_segments()]
         return out
 
-    def _event(self, host: str, gpu: int, seg: Segment, open_: bool) -> Event:
+    def _event(self, host: str, gpu: int, seg: Segment, foreign: list[dict], open_: bool) -> Event:
         trend = [self.trend[t] for t in seg.seconds if t in self.trend]
         last_waiting = trend[-1][0] if trend else None
         slope = statistics.median(s for _, s in trend) if trend else None
         summary = (f"GPU {gpu} saturated for {seg.duration}s: busy with useful work while the queue grows "
                    f"({last_waiting or 0:.0f} waiting, +{(slope or 0) * 60:.0f}/min); add capacity or change the "
-                   "batch policy")
+                   "batch policy" + name_foreign(foreign))
         return Event(id=f"saturation:{host}:{gpu}:{seg.start}", kind="saturation", start=float(seg.start),
                      end=float(seg.end), host=host, gpu=gpu, severity="warning", klass=None, summary=summary,
                      evidence={"duration_s": seg.duration, "requests_waiting_last": last_waiting,
-                               "waiting_growth_per_s": None if slope is None else round(slope, 3)},
+                               "waiting_growth_per_s": None if slope is None else round(slope, 3),
+                               "foreign_processes": foreign},
                      open=open_)
+
+
+def name_foreign(foreign: list[dict]) -> str:
+    """``; other processes on the GPU: pid 647 neighbor.py (12.0 GiB, 45% SM)`` for the first
+    three, or "" when there are none. GPU memory in GiB; the SM share only where NVML gave one."""
+    if not foreign:
+        return ""
+    names = []
+    for f in foreign[:3]:
+        facts = []
+        if f.get("used_memory_bytes"):
+            facts.append(f"{f['used_memory_bytes'] / 2**30:.1f} GiB")
+        if f.get("sm_util") is not None:
+            facts.append(f"{f['sm_util']:.0f}% SM")
+        program = _program(f.get("cmdline"))
+        names.append(f"pid {f['pid']}" + (f" {program}" if program else "") + (f" ({', '.join(facts)})" if facts else ""))
+    more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+    return "; other processes on the GPU: " + ", ".join(names) + more
+
+
+def _program(cmdline: str | None) -> str:
+    """The program a command line runs, short: ``python3 train.py --x`` -> ``train.py``."""
+    words = (cmdline or "").split()
+    for w in words:
+        base = w.rsplit("/", 1)[-1]
+        if not base.startswith("-") and not base.startswith("python"):
+            return base[:40]
+    return words[0].rsplit("/", 1)[-1][:40] if words else ""
 
 
 def _slope(points: list[tuple[float, float]]) -> float:

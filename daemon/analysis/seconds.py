@@ -1,17 +1,49 @@
 """Builds the per-second inputs of the classifier for one GPU from the store.
 
-Which processes serve a GPU: every target that is not a known foreign GPU process and
-either holds a context on that GPU or holds none (an API server that never touches the GPU
-still feeds it). On a host with several engines this over-attributes API servers to every
-GPU; targets' GPU lists keep engine processes apart.
+Which processes serve a GPU: every target that is neither a foreign GPU process nor a
+helper and either lists that GPU or lists none. Live discovery gives a serving process
+without a context of its own (an API server) its deployment's GPUs, so only processes whose
+deployment holds no GPU yet (start-up), explicit ``--pid`` targets and replayed recordings
+count for every GPU.
+
+Which engine signals belong to a GPU: :class:`EngineScope` (the endpoints of the engines
+that serve it); without one, the host's sum.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
 
 from infersight.daemon.analysis.classify import ProcessSecond, Second
 from infersight.daemon.config.load import AnalysisConfig
 from infersight.storage import analysis as q
+from infersight.storage import engine_scope
 
 FOREIGN_ROLES = ("other_gpu_process", "foreign")
+# never attributed a GPU's time: neighbours, and the engine's trackers and probes
+NOT_SERVING_ROLES = (*FOREIGN_ROLES, "helper")
+
+
+@dataclass(frozen=True)
+class EngineScope:
+    """The engine endpoints whose signals one GPU's seconds read: ``include`` (None: all)
+    minus ``exclude`` (URLs)."""
+
+    include: tuple[str, ...] | None = None
+    exclude: tuple[str, ...] = ()
+
+    @staticmethod
+    def for_gpu(gpu: int, endpoint_gpus: Mapping[str, tuple[int, ...]] | None) -> "EngineScope":
+        """A GPU reads the endpoints mapped to it; a GPU no endpoint maps to reads every
+        endpoint not mapped to another GPU (an engine whose endpoint could not be tied to a
+        process still counts where no known engine runs: the single-engine host works as
+        before); without a mapping, every endpoint (replay, no engine collector)."""
+        if not endpoint_gpus:
+            return EngineScope()
+        mine = tuple(sorted(url for url, gpus in endpoint_gpus.items() if gpu in gpus))
+        if mine:
+            return EngineScope(include=mine)
+        return EngineScope(exclude=tuple(sorted(url for url, gpus in endpoint_gpus.items() if gpus)))
 
 # ``file:function`` of frames where a thread waits for the GPU (library code, stable names)
 GPU_WAIT_PATTERNS = (
@@ -27,7 +59,7 @@ def serving_pids(targets: list[dict], gpu: int) -> dict[int, str]:
     """pid -> role of the processes that serve ``gpu`` (see module docstring)."""
     out = {}
     for t in targets:
-        if t["role"] in FOREIGN_ROLES:
+        if t["role"] in NOT_SERVING_ROLES:
             continue
         gpus = t["gpus"] or []
         if not gpus or gpu in gpus:
@@ -35,12 +67,15 @@ def serving_pids(targets: list[dict], gpu: int) -> dict[int, str]:
     return out
 
 
-def build_seconds(cur, gpu: int, t_from: int, t_to: int, cfg: AnalysisConfig) -> list[Second]:
-    """One Second per Unix second in [t_from, t_to) that has GPU samples."""
+def build_seconds(cur, gpu: int, t_from: int, t_to: int, cfg: AnalysisConfig,
+                  scope: EngineScope | None = None) -> list[Second]:
+    """One Second per Unix second in [t_from, t_to) that has GPU samples; engine signals
+    from the endpoints in ``scope`` (default: all)."""
     gpu_rows = q.gpu_seconds(cur, gpu, t_from, t_to)
     if not gpu_rows:
         return []
-    engine = q.engine_seconds(cur, t_from, t_to)
+    scope = scope or EngineScope()
+    engine = engine_scope.engine_seconds(cur, t_from, t_to, scope.include, scope.exclude)
     cpu = q.process_cpu_seconds(cur, t_from, t_to)
     waits = q.wait_frame_ids(cur, GPU_WAIT_PATTERNS)
     stacks = q.stack_seconds(cur, t_from, t_to, waits)
