@@ -250,10 +250,15 @@ metric_names = st.sampled_from([
     "vllm:kv_cache_usage_perc", "vllm:time_to_first_token_seconds_bucket", "vllm:time_to_first_token_seconds_count",
     "sglang:num_running_reqs", "tgi_request_generated_tokens_sum", "trtllm_e2e_request_latency_seconds_bucket",
     "nv_trt_llm_request_metrics", "dynamo_frontend_output_tokens_total", "other_metric",
+    "vllm:estimated_flops_per_gpu_total", "vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total",
+    "vllm:num_requests_waiting_by_reason", "vllm:iteration_tokens_total_bucket", "vllm:iteration_tokens_total_count",
+    "sglang:realtime_tokens_total", "sglang:cache_hit_rate",
 ])
 label_sets = st.dictionaries(
-    st.sampled_from(["model_name", "model", "le", "tp_rank", "priority", "request_type", "x"]),
-    st.sampled_from(["m", "n", "0", "1", "0.1", "+Inf", "NaN", "abc", "1e400", "-1", "scheduled", ""]),
+    st.sampled_from(["model_name", "model", "le", "tp_rank", "priority", "request_type", "x", "engine", "reason",
+                     "mode"]),
+    st.sampled_from(["m", "n", "0", "1", "0.1", "+Inf", "NaN", "abc", "1e400", "-1", "scheduled", "", "capacity",
+                     "prefill_cache", "prefill_compute"]),
     max_size=4)
 sample_values = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10, 10_000).map(float))
 
@@ -278,5 +283,7 @@ def test_adversarial_scrapes_never_raise_nor_give_impossible_values(texts, step)
             assert not math.isnan(s.value)
             if s.signal.endswith("_per_s"):
                 assert 0 <= s.value < math.inf
+            if s.signal == "prefix_cache_hit_ratio" and s.engine == "vllm":
+                assert 0 <= s.value <= 1
         for d in out.histogram_deltas:
             assert all(c >= 0 for c in d.counts) and list(d.bounds) == sorted(d.bounds)

@@ -12,7 +12,12 @@ model (the ``model_name``/``model``/... label; "" when the engine has none):
   as the increase since the reset, so a rate is never negative and never spikes. A series
   seen for the first time gives no rate (its value holds the whole past);
 - histograms as bucket deltas (one HistogramDelta per model and scrape with observations)
-  and p50/p95/p99 over the last ``quantile_window_s`` seconds, as ``ttft_seconds_p95`` etc.
+  and p50/p95/p99 over the last ``quantile_window_s`` seconds, as ``ttft_seconds_p95`` etc.;
+- per-GPU counters (the engines' FLOP and byte estimates) as the mean rate of the engine's
+  data-parallel series, each of which is already per GPU;
+- ratios of two rates of the same interval (:data:`RATIOS`, the prefix-cache hit ratio),
+  only where the denominator moved, clamped to 1; where an engine exports the counters they
+  replace its own ratio gauge, which is kept for engines without them.
 
 Series repeated along rank labels (SGLang's ``tp_rank``...) count once.
 """
@@ -36,21 +41,40 @@ from infersight.daemon.engines.specs import (
 )
 from infersight.storage.model import EngineSample, HistogramDelta
 
-HISTOGRAM_SIGNALS = ("ttft_seconds", "itl_seconds", "e2e_seconds")
+# histogram signal -> the unit of its quantiles
+HISTOGRAM_UNITS = {"ttft_seconds": "seconds", "itl_seconds": "seconds", "e2e_seconds": "seconds",
+                   "prefill_time_seconds": "seconds", "decode_time_seconds": "seconds",
+                   "iteration_tokens": "tokens"}
+HISTOGRAM_SIGNALS = tuple(HISTOGRAM_UNITS)
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+# derived ratio -> (numerator, denominator): rates of one scrape interval, per engine and model
+RATIOS = {"prefix_cache_hit_ratio": ("prefix_cache_hits_per_s", "prefix_cache_queries_per_s")}
 
 # Every signal an EngineSample may carry, name -> unit (served by /api/signals).
 ENGINE_SIGNALS: dict[str, str] = {
     "requests_running": "requests",
     "requests_waiting": "requests",
+    "requests_waiting_capacity": "requests",
+    "requests_waiting_deferred": "requests",
     "kv_cache_usage": "ratio",
     "prompt_tokens_per_s": "tokens_per_second",
     "generation_tokens_per_s": "tokens_per_second",
     "preemptions_per_s": "per_second",
-    **{f"{h}_{suffix}": "seconds" for h in HISTOGRAM_SIGNALS for suffix, _ in QUANTILES},
+    "steps_per_s": "per_second",
+    "prefix_cache_queries_per_s": "tokens_per_second",
+    "prefix_cache_hits_per_s": "tokens_per_second",
+    "prefix_cache_hit_ratio": "ratio",
+    "flops_per_gpu_per_s": "flop_per_second",
+    "read_bytes_per_gpu_per_s": "bytes_per_second",
+    "write_bytes_per_gpu_per_s": "bytes_per_second",
+    # time to the first byte of the endpoint's answer (set by the collector, not by a spec)
+    "scrape_latency_seconds": "seconds",
+    **{f"{h}_{suffix}": unit for h, unit in HISTOGRAM_UNITS.items() for suffix, _ in QUANTILES},
 }
 # Gauges combined by maximum across series rather than summed.
-MAX_GAUGES = frozenset({"kv_cache_usage"})
+MAX_GAUGES = frozenset({"kv_cache_usage", "prefix_cache_hit_ratio"})
+# Per-GPU counters: the engine's data-parallel series are averaged (the mean GPU), not summed.
+MEAN_COUNTERS = frozenset({"flops_per_gpu_per_s", "read_bytes_per_gpu_per_s", "write_bytes_per_gpu_per_s"})
 
 Labels = tuple[tuple[str, str], ...]
 _V = TypeVar("_V")
@@ -86,11 +110,14 @@ class EngineNormalizer:
         models: set[str] = set()
         for spec in detect(by_name):
             out.engines.append(spec.name)
+            first = len(out.engine_samples)
+            present: set[tuple[str, str]] = set()
             for signal, sources in spec.signals.items():
                 if signal in HISTOGRAM_SIGNALS:
                     self._histogram(t, spec, signal, sources, scrape, out, models)
                 else:
-                    self._scalar(t, spec, signal, sources, scrape, out, models)
+                    self._scalar(t, spec, signal, sources, scrape, out, models, present)
+            self._ratios(t, spec, out, first, present)
         # Only series present now carry state forward: bounded by the scrape's size.
         self._counters, self._hists = scrape.counters, scrape.hists
         # After a clock step backwards one scrape gives no rates, then rates resume.
@@ -101,14 +128,16 @@ class EngineNormalizer:
 
     # -- gauges and counters -------------------------------------------------------------
     def _scalar(self, t: float, spec: EngineSpec, signal: str, sources: tuple[Source, ...],
-                scrape: _Scrape, out: Normalized, models: set[str]) -> None:
+                scrape: _Scrape, out: Normalized, models: set[str], present: set[tuple[str, str]]) -> None:
         done: set[str] = set()
         for source in sources:
             per_model: dict[str, list[tuple[Labels, float]]] = {}
+            seen: set[tuple[str, Labels]] = set()
             for sample in _matching(scrape.by_name, source):
-                value = self._counter_delta(sample, scrape) if source.kind == COUNTER else sample.value
+                value = self._counter_delta(sample, scrape, seen) if source.kind == COUNTER else sample.value
                 model = model_of(sample.labels)
                 models.add(model)
+                present.add((signal, model))
                 if value is None or not math.isfinite(value) or model in done:
                     per_model.setdefault(model, [])  # present: later alternatives do not apply
                     continue
@@ -126,25 +155,55 @@ class EngineNormalizer:
                     continue
                 else:
                     v = sum(values) / scrape.dt
+                    if signal in MEAN_COUNTERS:
+                        v /= len(values)
                 if not math.isfinite(v):
                     continue
                 out.engine_samples.append(EngineSample(t, self.endpoint, spec.name, model, signal, v))
 
-    def _counter_delta(self, sample: Sample, scrape: _Scrape) -> float | None:
+    def _counter_delta(self, sample: Sample, scrape: _Scrape, seen: set[tuple[str, Labels]]) -> float | None:
+        """The increase of a counter series since the previous scrape (None: no rate now).
+
+        ``seen`` holds the series one signal has read in this scrape: the same series twice
+        in one scrape counts once (the first). A series read by two signals (SGLang's prefill
+        cache tokens are both hits and part of the queries) gives both the same increase.
+        """
         key = (sample.name, sample.labels)
-        created = scrape.created(sample.name, sample.labels)
-        if key in scrape.counters:  # the same series twice in one scrape: keep the first
+        if key in seen:
             return None
+        seen.add(key)
+        if key in scrape.deltas:
+            return scrape.deltas[key]
+        created = scrape.created(sample.name, sample.labels)
         if not math.isfinite(sample.value) or sample.value < 0:
+            scrape.deltas[key] = None
             return None  # not a counter value: the series is ignored, not stored
         scrape.counters[key] = (sample.value, created)
         prev = self._counters.get(key)
-        if prev is None or scrape.dt is None:
-            return None
-        prev_value, prev_created = prev
-        reset = sample.value < prev_value or (created is not None and prev_created is not None
-                                             and created != prev_created)
-        return sample.value if reset else sample.value - prev_value
+        delta = None
+        if prev is not None and scrape.dt is not None:
+            prev_value, prev_created = prev
+            reset = sample.value < prev_value or (created is not None and prev_created is not None
+                                                 and created != prev_created)
+            delta = sample.value if reset else sample.value - prev_value
+        scrape.deltas[key] = delta
+        return delta
+
+    def _ratios(self, t: float, spec: EngineSpec, out: Normalized, first: int,
+                present: set[tuple[str, str]]) -> None:
+        """Derived ratios (:data:`RATIOS`) of the engine whose samples start at ``first``."""
+        mine = out.engine_samples[first:]
+        rates = {(s.model, s.signal): s.value for s in mine}
+        for ratio, (num, den) in RATIOS.items():
+            counted = {model for signal, model in present if signal == den}
+            if not counted:
+                continue  # no counters: the engine's own ratio gauge, if any, stands
+            mine = [s for s in mine if not (s.signal == ratio and s.model in counted)]
+            for model in sorted(counted):
+                q, h = rates.get((model, den)), rates.get((model, num))
+                if q is not None and h is not None and q > 0:
+                    mine.append(EngineSample(t, self.endpoint, spec.name, model, ratio, min(max(h / q, 0.0), 1.0)))
+        out.engine_samples[first:] = mine
 
     # -- histograms ----------------------------------------------------------------------
     def _histogram(self, t: float, spec: EngineSpec, signal: str, sources: tuple[Source, ...],
@@ -214,6 +273,7 @@ class _Scrape:
     dt: float | None
     counters: dict[tuple[str, Labels], tuple[float, float | None]]
     hists: dict[tuple[str, Labels], tuple[eh.Buckets, float | None]]
+    deltas: dict[tuple[str, Labels], float | None] = field(default_factory=dict)
     _created: dict[str, dict[Labels, float]] = field(default_factory=dict)
 
     def created(self, sample_name: str, labels: Labels) -> float | None:
@@ -238,7 +298,7 @@ def _matching(by_name: dict[str, list[Sample]], source: Source) -> list[Sample]:
         if samples:
             if not source.match:
                 return samples
-            return [s for s in samples if all(pair in s.labels for pair in source.match)]
+            return [s for s in samples if source.accepts(s.labels)]
     return []
 
 

@@ -17,6 +17,16 @@ Deliberate gaps, where no metric means the same thing:
   ``nv_inference_first_response_histogram_ms`` (opt-in, milliseconds; time to the first
   streamed response, which is the first token only for streaming/decoupled models).
 - Dynamo's frontend counts requests in flight at the HTTP front (queued ones included).
+- vLLM 0.24's newer families (vllm/v1/metrics/loggers.py and perf.py): the
+  ``estimated_{flops,read_bytes,write_bytes}_per_gpu`` counters have an SGLang twin (with
+  ``--enable-mfu-metrics``) and none in trtllm-serve, TGI, Triton or Dynamo's frontend. The
+  tokens-per-step histogram (``iteration_tokens_total``) has no equivalent elsewhere; SGLang's
+  ``cuda_graph_passes`` counter gives its step rate only. Per-request prefill and decode time
+  histograms exist only in vLLM (SGLang's ``per_stage_req_latency_seconds`` times queue and
+  transfer stages of disaggregated serving, not a request's prefill and decode). Waiting by
+  reason (capacity, deferred) is vLLM's alone. Prefix-cache hits: SGLang's
+  ``realtime_tokens{mode=prefill_cache|prefill_compute}`` counters, else its ``cache_hit_rate``
+  gauge; none in the others' scrapes we hold (tests/fixtures/engine-metrics).
 """
 from __future__ import annotations
 
@@ -43,14 +53,22 @@ class Source:
 
     ``name`` is a sample name for gauges; for counters the base name, matched with and without
     ``_total``; for histograms the family name (``_bucket``/``_count``/``_sum`` samples).
-    ``match`` are label values a series must carry (which are then not model dimensions);
-    ``scale`` converts to the signal's unit (histogram bucket bounds for histograms).
+    ``match`` are (label, accepted values) a series must carry (which are then not model
+    dimensions; series with different accepted values add up); ``scale`` converts to the
+    signal's unit (histogram bucket bounds for histograms).
     """
 
     name: str
     kind: str
-    match: tuple[tuple[str, str], ...] = ()
+    match: tuple[tuple[str, tuple[str, ...]], ...] = ()
     scale: float = 1.0
+
+    def accepts(self, labels: tuple[tuple[str, str], ...]) -> bool:
+        """Whether a series with ``labels`` carries every matched label with an accepted value."""
+        if not self.match:
+            return True
+        values = dict(labels)
+        return all(values.get(label) in accepted for label, accepted in self.match)
 
     def sample_names(self) -> tuple[str, ...]:
         if self.kind == COUNTER:
@@ -71,12 +89,16 @@ class EngineSpec:
     signals: dict[str, tuple[Source, ...]]
 
 
-def _g(name: str, **match: str) -> Source:
-    return Source(name, GAUGE, tuple(sorted(match.items())))
+def _match(match: dict[str, str | tuple[str, ...]]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted((k, v if isinstance(v, tuple) else (v,)) for k, v in match.items()))
 
 
-def _c(name: str) -> Source:
-    return Source(name, COUNTER)
+def _g(name: str, **match: str | tuple[str, ...]) -> Source:
+    return Source(name, GAUGE, _match(match))
+
+
+def _c(name: str, **match: str | tuple[str, ...]) -> Source:
+    return Source(name, COUNTER, _match(match))
 
 
 def _h(name: str, scale: float = 1.0) -> Source:
@@ -103,6 +125,21 @@ ENGINES: tuple[EngineSpec, ...] = (
         "ttft_seconds": (_h("vllm:time_to_first_token_seconds"),),
         "itl_seconds": (_h("vllm:inter_token_latency_seconds"), _h("vllm:time_per_output_token_seconds")),
         "e2e_seconds": (_h("vllm:e2e_request_latency_seconds"),),
+        # vLLM >= 0.24: the model's own estimate of its work per step, per GPU of the engine
+        "flops_per_gpu_per_s": (_c("vllm:estimated_flops_per_gpu"),),
+        "read_bytes_per_gpu_per_s": (_c("vllm:estimated_read_bytes_per_gpu"),),
+        "write_bytes_per_gpu_per_s": (_c("vllm:estimated_write_bytes_per_gpu"),),
+        # one observation of the tokens-per-step histogram per engine step
+        "steps_per_s": (_c("vllm:iteration_tokens_total_count"),),
+        "iteration_tokens": (_h("vllm:iteration_tokens_total"),),
+        "prefill_time_seconds": (_h("vllm:request_prefill_time_seconds"),),
+        "decode_time_seconds": (_h("vllm:request_decode_time_seconds"),),
+        # the two reasons vLLM gives add up to num_requests_waiting
+        "requests_waiting_capacity": (_g("vllm:num_requests_waiting_by_reason", reason="capacity"),),
+        "requests_waiting_deferred": (_g("vllm:num_requests_waiting_by_reason", reason="deferred"),),
+        # prompt tokens looked up in the prefix cache, and found (old names before vLLM 0.10)
+        "prefix_cache_queries_per_s": (_c("vllm:prefix_cache_queries"), _c("vllm:gpu_prefix_cache_queries")),
+        "prefix_cache_hits_per_s": (_c("vllm:prefix_cache_hits"), _c("vllm:gpu_prefix_cache_hits")),
     }),
     EngineSpec("sglang", ("sglang:",), {
         "requests_running": (_g("sglang:num_running_reqs"),),
@@ -114,6 +151,16 @@ ENGINES: tuple[EngineSpec, ...] = (
         "ttft_seconds": (_h("sglang:time_to_first_token_seconds"),),
         "itl_seconds": (_h("sglang:inter_token_latency_seconds"),),
         "e2e_seconds": (_h("sglang:e2e_request_latency_seconds"),),
+        # with --enable-mfu-metrics, the same estimates as vLLM's (one series per tp_rank)
+        "flops_per_gpu_per_s": (_c("sglang:estimated_flops_per_gpu"),),
+        "read_bytes_per_gpu_per_s": (_c("sglang:estimated_read_bytes_per_gpu"),),
+        "write_bytes_per_gpu_per_s": (_c("sglang:estimated_write_bytes_per_gpu"),),
+        # forward passes, split by mode ({prefill,decode} x {cuda_graph,none}): they add up
+        "steps_per_s": (_c("sglang:cuda_graph_passes"),),
+        # prefill tokens computed vs served from the radix cache; hit_rate is the fallback
+        "prefix_cache_queries_per_s": (_c("sglang:realtime_tokens", mode=("prefill_compute", "prefill_cache")),),
+        "prefix_cache_hits_per_s": (_c("sglang:realtime_tokens", mode="prefill_cache"),),
+        "prefix_cache_hit_ratio": (_g("sglang:cache_hit_rate"),),
     }),
     EngineSpec("tgi", ("tgi_",), {
         "requests_running": (_g("tgi_batch_current_size"),),
