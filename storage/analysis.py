@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 
+from infersight.storage import window_features as wf
 from infersight.storage.series import NOT_SUMMED_SQL
 
 GPU_FEATURES = ("util_gpu", "sm_util", "sm_occupancy", "tensor_util", "dram_bw_util", "power_w", "sm_clock_mhz")
@@ -112,10 +113,13 @@ def peak_dram_bandwidth(cur, gpu: int) -> float | None:
     return row[0] if row else None
 
 
-def windows_range(cur, gpu: int, t_from: float, t_to: float) -> list[tuple[float, str, str]]:
-    """(start, class, features JSON) of stored windows of ``gpu`` in the range, oldest first."""
-    return cur.execute('SELECT start, klass, features FROM windows WHERE gpu = ? AND start >= ? AND start < ? '
-                       "ORDER BY start", [gpu, t_from, t_to]).fetchall()
+def windows_range(cur, gpu: int, t_from: float, t_to: float) -> list[tuple[float, str, dict]]:
+    """(start, class, features) of stored windows of ``gpu`` in the range, oldest first."""
+    rows = cur.execute(f"SELECT start, klass, {wf.select_sql()} FROM windows WHERE gpu = ? AND start >= ? "
+                       "AND start < ? ORDER BY start", [gpu, t_from, t_to]).fetchall()
+    decode = wf.Decoder()
+    last = len(wf.NAMES) + 3
+    return [(r[0], r[1], decode(r[2], r[3:last], r[last])) for r in rows]
 
 
 def first_gpu_second(cur) -> float | None:

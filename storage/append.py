@@ -9,8 +9,8 @@ from collections import defaultdict
 from typing import Iterable
 
 import numpy as np
-import orjson
 
+from infersight.storage import window_features
 from infersight.storage.intern import Interner
 from infersight.storage.model import GPU_SIGNALS, Batch
 
@@ -122,11 +122,11 @@ def append_batches(con, interner: Interner, batches: list[Batch], host: str) -> 
             c["t"].append(s.t)
             c["series"].append(interner.one_series(interner.endpoint(s.endpoint), s.name, s.labels))
             c["value"].append(s.value)
-        for w in batch.windows:
+        if batch.windows:
             c = cols["windows"]
-            _append_fields(c, w, ("start", "end", "gpu"))
-            c["klass"].append(w.klass)
-            c["features"].append(orjson.dumps(w.features).decode())
+            for row in window_features.encode_rows(batch.windows):
+                for name, value in zip(window_features.COLUMNS, row):
+                    c[name].append(value)
         written += batch.row_count() - len(batch.events) - len(batch.gpu_info)
     pending = interner.take_pending()
     try:

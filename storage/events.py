@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from infersight.storage import window_features as wf
 from infersight.storage.append import insert_rows
 from infersight.storage.model import Event, Window
 
@@ -51,8 +52,7 @@ def replace_windows(con, gpu: int, t_from: float, t_to: float, windows: list[Win
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute('DELETE FROM windows WHERE gpu = ? AND start >= ? AND start < ?', [gpu, t_from, t_to])
-        insert_rows(con, "windows", ("start", "end", "gpu", "klass", "features"),
-                    [(w.start, w.end, w.gpu, w.klass, orjson.dumps(w.features).decode()) for w in windows])
+        insert_rows(con, "windows", wf.COLUMNS, wf.encode_rows(windows))
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
@@ -104,9 +104,11 @@ def windows(cur, t_from: float, t_to: float, gpu: int | None = None) -> list[dic
     if gpu is not None:
         extra = " AND gpu = ?"
         params.append(gpu)
-    rows = cur.execute(f'SELECT start, "end", gpu, klass, features FROM windows WHERE start >= ? AND start < ?{extra} '
-                       "ORDER BY gpu, start LIMIT 200000", params).fetchall()
-    return [{"start": r[0], "end": r[1], "gpu": r[2], "class": r[3], "features": orjson.loads(r[4] or "{}")}
+    rows = cur.execute(f'SELECT start, "end", gpu, klass, {wf.select_sql()} FROM windows '
+                       f"WHERE start >= ? AND start < ?{extra} ORDER BY gpu, start LIMIT 200000", params).fetchall()
+    decode = wf.Decoder()
+    last = len(wf.NAMES) + 5
+    return [{"start": r[0], "end": r[1], "gpu": r[2], "class": r[3], "features": decode(r[4], r[5:last], r[last])}
             for r in rows]
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infersight.storage import window_features as wf
 from infersight.storage.model import GPU_SIGNALS
 
 HOUR_S = 3600
@@ -83,8 +84,8 @@ TABLES: dict[str, TableSpec] = {
         SELECT r.t, e.url AS endpoint, s.name, s.labels, r.value
         FROM raw_samples r JOIN series s ON s.id = r.series LEFT JOIN endpoints e ON e.id = s.endpoint
         WHERE r.t >= ? AND r.t < ?"""),
-    "windows": TableSpec("start", """
-        SELECT w.start, w."end", w.gpu, i.uuid, w.klass AS class, w.features
+    "windows": TableSpec("start", f"""
+        SELECT w.start, w."end", w.gpu, i.uuid, w.klass AS class, {wf.json_sql("w")} AS features
         FROM windows w LEFT JOIN gpus i ON i.gpu = w.gpu WHERE w.start >= ? AND w.start < ?"""),
     "events": TableSpec('"end"', """
         SELECT id, kind, gpu, start, "end", severity, klass AS class, summary, evidence, top_frames, updated

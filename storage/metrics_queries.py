@@ -14,6 +14,7 @@ import math
 import threading
 from dataclasses import dataclass, field
 
+from infersight.storage import window_features as wf
 from infersight.storage.model import GAP_CLASSES, GPU_SIGNALS
 
 LATEST_HORIZON_S = 60.0         # a GPU value older than this is stale: not exposed
@@ -104,13 +105,10 @@ def current_classes(cur, now: float) -> list[GpuClass]:
 
 # in flight as the analysis decides it (classify.Second.in_flight) from the features a window
 # keeps: unknown (no engine data) counts as in flight; prompt tokens are not kept in features
-_IN_FLIGHT = """(
-    (TRY_CAST(json_extract_string(features, '$.running') AS DOUBLE) IS NULL
-     AND TRY_CAST(json_extract_string(features, '$.waiting') AS DOUBLE) IS NULL
-     AND TRY_CAST(json_extract_string(features, '$.gen_tokens_s') AS DOUBLE) IS NULL)
-    OR coalesce(TRY_CAST(json_extract_string(features, '$.running') AS DOUBLE) > 0.5, false)
-    OR coalesce(TRY_CAST(json_extract_string(features, '$.waiting') AS DOUBLE) > 0.5, false)
-    OR coalesce(TRY_CAST(json_extract_string(features, '$.gen_tokens_s') AS DOUBLE) > 0, false))"""
+_RUNNING, _WAITING, _TOKENS = (wf.number_sql(name, "w") for name in ("running", "waiting", "gen_tokens_s"))
+_IN_FLIGHT = f"""(
+    ({_RUNNING} IS NULL AND {_WAITING} IS NULL AND {_TOKENS} IS NULL)
+    OR coalesce({_RUNNING} > 0.5, false) OR coalesce({_WAITING} > 0.5, false) OR coalesce({_TOKENS} > 0, false))"""
 
 
 class Counters:

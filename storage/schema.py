@@ -1,13 +1,22 @@
 """The versioned schema. Migrations run in order at open, each in its own transaction.
 
-A migration is (version, description, statements). Never edit a released migration: add a
-new one. Times are Unix seconds: DOUBLE, or INTEGER seconds for 1 s stack buckets.
+A migration is (version, description, steps); a step is a SQL statement, or a function of the
+connection for a conversion SQL cannot say as exactly (migration 4 re-encodes rows with the
+same code that writes new ones). Never edit a released migration: add a new one. Times are
+Unix seconds: DOUBLE, or INTEGER seconds for 1 s stack buckets.
 """
 from __future__ import annotations
 
 import time
+from typing import Callable, Union
 
+import orjson
+
+from infersight.storage import window_features
+from infersight.storage.append import insert_rows
 from infersight.storage.model import GPU_SIGNALS
+
+Step = Union[str, Callable[..., None]]
 
 _INT_SIGNALS = {"clocks_event_reasons": "UBIGINT", "mem_used_bytes": "BIGINT", "mem_total_bytes": "BIGINT",
                 "ecc_errors_uncorrected": "BIGINT", "retired_pages": "BIGINT"}
@@ -17,7 +26,30 @@ def _gpu_signal_columns() -> str:
     return ",\n        ".join(f"{name} {_INT_SIGNALS.get(name, 'FLOAT')}" for name in GPU_SIGNALS)
 
 
-MIGRATIONS: list[tuple[int, str, list[str]]] = [
+# the feature columns of windows as migration 4 created them (window_features.FEATURES may
+# only grow after it, through new migrations that add columns)
+_V4_FEATURES = ("present UINTEGER, util_gpu DOUBLE, sm_util DOUBLE, tensor_util DOUBLE, dram_bw_util DOUBLE, "
+                "running DOUBLE, waiting DOUBLE, gen_tokens_s DOUBLE, busiest_pid INTEGER, busiest_role VARCHAR, "
+                "busiest_own_cpu_pct DOUBLE, \"mode\" VARCHAR, dram_bw_bytes_s DOUBLE, dram_bw_of_peak DOUBLE, "
+                "mbu DOUBLE, mfu DOUBLE, extra VARCHAR")
+_CONVERT_CHUNK = 100_000
+
+
+def _windows_as_columns(con) -> None:
+    """Migration 4: re-encode every window's features JSON into the typed columns."""
+    con.execute("ALTER TABLE windows RENAME TO windows_json")
+    con.execute(f'CREATE TABLE windows (start DOUBLE, "end" DOUBLE, gpu SMALLINT, klass VARCHAR, {_V4_FEATURES})')
+    top = con.execute("SELECT coalesce(max(rowid) + 1, 0) FROM windows_json").fetchone()[0]
+    for lo in range(0, top, _CONVERT_CHUNK):
+        rows = con.execute('SELECT start, "end", gpu, klass, features FROM windows_json WHERE rowid >= ? AND rowid < ?',
+                           [lo, lo + _CONVERT_CHUNK]).fetchall()
+        if rows:
+            insert_rows(con, "windows", window_features.COLUMNS,
+                        [(*r[:4], *window_features.encode(orjson.loads(r[4] or "{}"))) for r in rows])
+    con.execute("DROP TABLE windows_json")
+
+
+MIGRATIONS: list[tuple[int, str, list[Step]]] = [
     (1, "core tables", [
         """CREATE TABLE meta (key VARCHAR, value VARCHAR)""",
         # identifies this file to per-process caches (a reopened path may be another file)
@@ -81,6 +113,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         occurrences INTEGER, announced INTEGER, ongoing_announced BOOLEAN, settle_since DOUBLE,
         last_sent DOUBLE, updated DOUBLE)""",
     ]),
+    (4, "analysis windows: typed feature columns instead of JSON text", [_windows_as_columns]),
 ]
 
 CURRENT_VERSION = MIGRATIONS[-1][0]
@@ -112,8 +145,11 @@ def migrate(con, upto: int = CURRENT_VERSION) -> list[int]:
             continue
         con.execute("BEGIN TRANSACTION")
         try:
-            for statement in statements:
-                con.execute(statement)
+            for step in statements:
+                if callable(step):
+                    step(con)
+                else:
+                    con.execute(step)
             con.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, description, time.time()])
             con.execute("COMMIT")
         except Exception:
