@@ -2,10 +2,14 @@
 
 Run on the writer thread via ``Store.write(run_maintenance, policy, now)``:
 1. rollups: 1 s data older than ``rollup_after_s`` is replaced by one row per
-   ``rollup_bucket_s`` bin (stack counts summed, gauges averaged), so long ranges stay cheap;
+   ``rollup_bucket_s`` bin (stack counts summed, gauges averaged, histogram deltas summed per
+   bucket, analysis windows merged into runs of one class), so long ranges stay cheap;
    a watermark per table (table ``rollups``) makes each bin roll up once;
 2. age: rows older than ``retention_s`` are deleted from every time table;
-3. size: while the data in use exceeds ``max_bytes``, the oldest hour is deleted.
+3. size: while the data in use exceeds ``max_bytes``, the oldest hour is deleted;
+4. interned values: every ``intern_idle_s`` the writer's interner forgets what it has not
+   used for that long, and the frames, stack nodes and threads no stored sample uses any more
+   are deleted (storage/intern.py), so neither grows for the life of the process or the file.
 
 DuckDB reuses the blocks freed by deletes, so the file stops growing at about the bound
 instead of shrinking; "size" here is the used blocks (``pragma_database_size``) scaled by
@@ -15,7 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infersight.storage import window_features as wf
+from infersight.storage.intern import IDLE_S, Interner, prune_unreferenced, wants_interner
 from infersight.storage.model import GPU_SIGNALS
+from infersight.storage.ui_queries import RUN_JOIN_S
 
 # table -> time column (stack tables use integer buckets)
 TIME_TABLES = {
@@ -42,12 +49,57 @@ _ROLLUPS = {
 }
 
 
+_HISTOGRAM_KEYS = "endpoint, engine, model, signal, bounds"
+_WINDOW_INSERT = ", ".join(f'"{c}"' for c in wf.COLUMNS[1:])
+
+
+def _generic_select(table: str, tcol: str, keys: str, aggs: str):
+    def select(bin_expr: str) -> str:
+        return (f"SELECT {bin_expr} AS {tcol}, {keys}, {aggs} FROM {table} "
+                f"WHERE {tcol} >= ? AND {tcol} < ? GROUP BY ALL")
+    return select
+
+
+def _histogram_select(bin_expr: str) -> str:
+    """Deltas of one histogram summed bucket by bucket over the bin (and their intervals)."""
+    return f"""
+        WITH h AS (SELECT {bin_expr} AS t, {_HISTOGRAM_KEYS}, interval_s,
+                          unnest(range(1, len(counts) + 1)) AS i, unnest(counts) AS c
+                   FROM histogram_deltas WHERE t >= ? AND t < ?),
+        b AS (SELECT t, {_HISTOGRAM_KEYS}, i, sum(c) AS c, sum(interval_s) AS interval_s FROM h GROUP BY ALL)
+        SELECT t, {_HISTOGRAM_KEYS}, list(c ORDER BY i) AS counts, max(interval_s) AS interval_s
+        FROM b GROUP BY ALL"""
+
+
+def _windows_select(bin_expr: str) -> str:
+    """Consecutive windows of one class within a bin become one window (a run), so class
+    seconds and the UI's class runs stay exact; features as window_features.rollup_aggregates."""
+    return f"""
+        WITH w AS (SELECT *, {bin_expr} AS bin FROM windows WHERE start >= ? AND start < ?),
+        m AS (SELECT *, CASE WHEN klass IS NOT DISTINCT FROM lag(klass) OVER p
+                              AND start - lag("end") OVER p <= {RUN_JOIN_S} THEN 0 ELSE 1 END AS brk
+              FROM w WINDOW p AS (PARTITION BY gpu, bin ORDER BY start)),
+        r AS (SELECT *, sum(brk) OVER (PARTITION BY gpu, bin ORDER BY start ROWS UNBOUNDED PRECEDING) AS run FROM m)
+        SELECT min(start) AS start, max("end") AS "end", gpu, any_value(klass) AS klass, {wf.rollup_aggregates()}
+        FROM r GROUP BY gpu, bin, run"""
+
+
+# table -> (time column, columns the SELECT gives after the time column, SELECT of one range
+# given the bin expression; its two ? are the range [from, to))
+_ROLLUP_SELECTS = {
+    **{table: (tcol, cols, _generic_select(table, tcol, keys, aggs)) for table, (tcol, keys, aggs, cols) in _ROLLUPS.items()},
+    "histogram_deltas": ("t", f"{_HISTOGRAM_KEYS}, counts, interval_s", _histogram_select),
+    "windows": ("start", _WINDOW_INSERT, _windows_select),
+}
+
+
 @dataclass(frozen=True)
 class RetentionPolicy:
     retention_s: float
     max_bytes: float
     rollup_after_s: float
     rollup_bucket_s: int
+    intern_idle_s: float = IDLE_S
 
 
 def used_bytes(con) -> int:
@@ -56,8 +108,10 @@ def used_bytes(con) -> int:
     return int(row[0] or 0)
 
 
-def run_maintenance(con, policy: RetentionPolicy, now: float) -> dict[str, int]:
-    """Roll up, then delete by age, then by size. Returns rows affected per step."""
+@wants_interner
+def run_maintenance(con, policy: RetentionPolicy, now: float, *, interner: Interner | None = None) -> dict[str, int]:
+    """Roll up, then delete by age, then by size, then (given the writer's ``interner``, which
+    the writer passes) age interned values out. Returns rows or entries affected per step."""
     report = {"rolled_up": rollup(con, now - policy.rollup_after_s, policy.rollup_bucket_s)}
     report["deleted_by_age"] = delete_before(con, now - policy.retention_s)
     report["deleted_by_size"] = 0
@@ -73,6 +127,10 @@ def run_maintenance(con, policy: RetentionPolicy, now: float) -> dict[str, int]:
         con.execute("CHECKPOINT")
         if deleted == 0:
             break
+    report["interned_forgotten"] = report["dimension_rows_pruned"] = 0
+    if interner is not None and interner.due(now, policy.intern_idle_s):
+        report["interned_forgotten"] = interner.rotate()
+        report["dimension_rows_pruned"] = sum(prune_unreferenced(con, interner).values())
     return report
 
 
@@ -117,7 +175,7 @@ def rollup(con, before: float, bucket_s: int) -> int:
     """Replace 1 s rows older than ``before`` with one row per ``bucket_s`` bin; returns rows removed."""
     edge = (int(before) // bucket_s) * bucket_s
     removed = 0
-    for table, (tcol, keys, aggs, insert_cols) in _ROLLUPS.items():
+    for table, (tcol, insert_cols, select) in _ROLLUP_SELECTS.items():
         row = con.execute("SELECT done_before FROM rollups WHERE tbl = ?", [table]).fetchone()
         start = row[0] if row else None
         if start is None:
@@ -136,9 +194,7 @@ def rollup(con, before: float, bucket_s: int) -> int:
         try:
             before_n = con.execute(f"SELECT count(*) FROM {table} WHERE {tcol} >= ? AND {tcol} < ?",
                                    [start, edge]).fetchone()[0]
-            con.execute(f"""CREATE TEMP TABLE _rolled AS
-                SELECT {bin_expr} AS {tcol}, {keys}, {aggs} FROM {table}
-                WHERE {tcol} >= ? AND {tcol} < ? GROUP BY ALL""", [start, edge])
+            con.execute(f"CREATE TEMP TABLE _rolled AS {select(bin_expr)}", [start, edge])
             con.execute(f"DELETE FROM {table} WHERE {tcol} >= ? AND {tcol} < ?", [start, edge])
             con.execute(f"INSERT INTO {table} ({tcol}, {insert_cols}) SELECT * FROM _rolled")
             after_n = con.execute("SELECT count(*) FROM _rolled").fetchone()[0]

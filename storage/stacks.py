@@ -39,49 +39,84 @@ class Profile:
 
 
 class _NodeCache:
-    """Leaf node id -> tuple of frame keys, per database (stack_nodes is append-only)."""
+    """Leaf node id -> tuple of frame keys, per database, bounded.
 
-    def __init__(self) -> None:
+    Node and frame rows never change under an id (ids are never reused: storage/intern.py),
+    so what is cached stays true; rows retention deleted just stay until the cache is cleared.
+    Only the ancestries of the leaves asked for are loaded. Each database's cache is cleared
+    when it holds more than ``max_items`` nodes plus frames of cached paths, and only the
+    ``max_dbs`` databases used last are kept.
+    """
+
+    def __init__(self, max_items: int = 1_000_000, max_dbs: int = 4) -> None:
         self.lock = threading.Lock()
-        self.by_db: dict[str, tuple[dict[int, tuple[int, int]], dict[int, FrameKey], dict[int, tuple]]] = {}
+        self.max_items = max_items
+        self.max_dbs = max_dbs
+        self.by_db: dict[str, _DbPaths] = {}
 
     def paths(self, cur, leaves: list[int]) -> dict[int, tuple[FrameKey, ...]]:
         db_id = cur.execute("SELECT value FROM meta WHERE key = 'db_id'").fetchone()
         key = db_id[0] if db_id else "?"
         with self.lock:
-            nodes, frames, memo = self.by_db.setdefault(key, ({}, {}, {}))
-            missing = [leaf for leaf in leaves if leaf and leaf not in nodes]
+            db = self.by_db.pop(key, None) or _DbPaths()
+            self.by_db[key] = db                       # the most recently used last
+            while len(self.by_db) > self.max_dbs:
+                del self.by_db[next(iter(self.by_db))]
+            if db.items > self.max_items:
+                db.clear()
+            missing = [leaf for leaf in leaves if leaf and leaf not in db.nodes]
             if missing:
-                top = max(nodes) if nodes else 0
-                for id_, parent, frame in cur.execute(
-                        "SELECT id, parent, frame FROM stack_nodes WHERE id > ?", [top]).fetchall():
-                    nodes[id_] = (parent, frame)
-                top_frame = max(frames) if frames else 0
-                for id_, fn, file, line in cur.execute(
-                        "SELECT id, function, file, line FROM frames WHERE id > ?", [top_frame]).fetchall():
-                    frames[id_] = (fn, file, line or 0)
-            out = {}
-            for leaf in leaves:
-                out[leaf] = _path(leaf, nodes, frames, memo)
-            return out
+                db.load(cur, missing)
+            return {leaf: db.path(leaf) for leaf in leaves}
 
 
-def _path(node: int, nodes, frames, memo) -> tuple[FrameKey, ...]:
-    if node == 0 or node not in nodes:
-        return ()
-    cached = memo.get(node)
-    if cached is not None:
-        return cached
-    chain = []
-    cur = node
-    while cur and cur not in memo and cur in nodes:
-        chain.append(cur)
-        cur = nodes[cur][0]
-    prefix = memo.get(cur, ()) if cur else ()
-    for n in reversed(chain):
-        prefix = prefix + (frames[nodes[n][1]],)
-        memo[n] = prefix
-    return memo[node]
+class _DbPaths:
+    """One database's cached nodes (id -> (parent, frame)), frames and resolved paths."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.nodes: dict[int, tuple[int, int]] = {}
+        self.frames: dict[int, FrameKey] = {}
+        self.memo: dict[int, tuple[FrameKey, ...]] = {}
+        self.items = 0          # nodes + frames + frames held in memoized paths
+
+    def load(self, cur, leaves: list[int]) -> None:
+        # one statement: nodes and their frames from one snapshot (retention may prune between two)
+        rows = cur.execute("""
+            WITH RECURSIVE up(id, parent, frame) AS (
+                SELECT id, parent, frame FROM stack_nodes WHERE id IN (SELECT unnest(?))
+                UNION
+                SELECT n.id, n.parent, n.frame FROM stack_nodes n JOIN up ON n.id = up.parent)
+            SELECT up.id, up.parent, up.frame, f.function, f.file, f.line
+            FROM up LEFT JOIN frames f ON f.id = up.frame""", [leaves]).fetchall()
+        for id_, parent, frame, fn, file, line in rows:
+            if id_ not in self.nodes:
+                self.nodes[id_] = (parent, frame)
+                self.items += 1
+            if frame not in self.frames:
+                self.frames[frame] = (fn, file, line or 0)
+                self.items += 1
+
+    def path(self, node: int) -> tuple[FrameKey, ...]:
+        nodes, frames, memo = self.nodes, self.frames, self.memo
+        if node == 0 or node not in nodes:
+            return ()
+        cached = memo.get(node)
+        if cached is not None:
+            return cached
+        chain = []
+        cur = node
+        while cur and cur not in memo and cur in nodes:
+            chain.append(cur)
+            cur = nodes[cur][0]
+        prefix = memo.get(cur, ()) if cur else ()
+        for n in reversed(chain):
+            prefix = prefix + (frames[nodes[n][1]],)
+            memo[n] = prefix
+            self.items += len(prefix)
+        return memo[node]
 
 
 _CACHE = _NodeCache()

@@ -130,8 +130,11 @@ class Writer:
             pending, deadline = [], None
             fn, args, fut = item
             if fut.set_running_or_notify_cancel():
+                # a command marked with intern.wants_interner (retention) keeps the interner in
+                # step with the rows it deletes
+                kwargs = {"interner": self._interner} if getattr(fn, "wants_interner", False) else {}
                 try:
-                    fut.set_result(fn(self._con, *args))
+                    fut.set_result(fn(self._con, *args, **kwargs))
                 except BaseException as exc:  # handed to the awaiting caller
                     self._rollback_if_open()
                     fut.set_exception(exc)

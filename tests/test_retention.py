@@ -147,7 +147,8 @@ def test_size_bound_on_a_small_store_cuts_hours_not_everything(store):
 def test_size_bound_does_nothing_when_under(store):
     fill(store, [T0 + i for i in range(10)])
     report = store.write_sync(retention.run_maintenance, policy(max_bytes=1e12), T0 + 10)
-    assert report == {"rolled_up": 0, "deleted_by_age": 0, "deleted_by_size": 0}
+    assert report == {"rolled_up": 0, "deleted_by_age": 0, "deleted_by_size": 0, "interned_forgotten": 0,
+                      "dimension_rows_pruned": 0}
     assert rows(store, "gpu_samples") == 10
 
 
