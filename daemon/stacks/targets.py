@@ -1,12 +1,14 @@
 """Explicit target processes (``--pid`` and ``targets.pids``) resolved to Target records.
 
 Automatic discovery (command-line patterns, CUDA contexts, descendants) lives in
-daemon/discovery.py; this is the part that needs nothing but the pid list.
+daemon/stacks/discovery.py; this is the part that needs nothing but the pid list. Command
+lines are redacted (daemon/stacks/redact.py) before they leave this module.
 """
 from __future__ import annotations
 
 import psutil
 
+from infersight.daemon.stacks.redact import redact_args
 from infersight.storage.model import Target
 
 
@@ -17,7 +19,7 @@ def explicit_targets(pids: tuple[int, ...], host: str) -> list[Target]:
         try:
             proc = psutil.Process(pid)
             with proc.oneshot():
-                cmdline = " ".join(proc.cmdline()) or proc.name()
+                cmdline = " ".join(redact_args(proc.cmdline())) or proc.name()
                 out.append(Target(host, pid, proc.create_time(), cmdline, role="explicit"))
         except (psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
