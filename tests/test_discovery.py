@@ -33,7 +33,7 @@ def _config(tag: str, **kw) -> TargetsConfig:
     ("/opt/tritonserver/bin/tritonserver --model-repository=/models", False, True, "api_server"),
     ("python3 engine.py", True, False, "engine"),
     ("python3 my_pattern_tool.py", False, True, "engine"),
-    ("python3 -c from multiprocessing.resource_tracker import main;main(7)", False, False, "other"),
+    ("python3 -c from multiprocessing.resource_tracker import main;main(7)", False, False, "helper"),
 ])
 def test_roles_from_command_lines(cmdline: str, gpu: bool, matched: bool, role: str) -> None:
     assert infer_role(cmdline, gpu=gpu, matched=matched) == role

@@ -32,6 +32,7 @@ from infersight.daemon.stacks.buckets import BucketAccumulator, finalize
 from infersight.daemon.stacks.discovery import Discovery, Found, NvmlProcesses
 from infersight.daemon.stacks.parse import parse_chrometrace
 from infersight.daemon.stacks.pyspy import PyspyRunner, Recording, find_pyspy
+from infersight.daemon.stacks.roles import NOT_SERVING
 from infersight.daemon.stacks.thread_cpu import ThreadCpuHistory, read_thread_cpu
 from infersight.storage.model import Batch, Target
 
@@ -200,12 +201,19 @@ class StacksCollector:
             if state is None:
                 state = self._states[key] = _TargetState(found=f)
                 self._report_targets.append(f.target)
-                if f.python and self.pyspy is not None and self._workdir is not None:
-                    state.runner = self._new_runner(f.target)
-                    state.runner.start()
-            elif state.exited_at is None and f.target != state.found.target:
+            elif state.exited_at is None and f != state.found:
+                if f.target != state.found.target:
+                    self._report_targets.append(f.target)
                 state.found = f
-                self._report_targets.append(f.target)
+            if state.exited_at is not None:
+                continue
+            # discovery decides who is sampled: a roleless child once it outlives the helper
+            # grace, never a helper or a neighbour (a process can turn into one)
+            if f.sample and state.runner is None and self.pyspy is not None and self._workdir is not None:
+                state.runner = self._new_runner(f.target)
+                state.runner.start()
+            elif not f.sample and state.runner is not None and not state.runner.done:
+                asyncio.create_task(state.runner.close())
         for key, state in self._states.items():
             if key not in seen and state.exited_at is None:
                 state.exited_at = now
@@ -246,7 +254,10 @@ class StacksCollector:
             t = state.found.target
             runner = state.runner
             if runner is None:
-                sampling = "not sampled: not a Python process" if not state.found.python else "not sampled: no py-spy"
+                sampling = ("not sampled: not a Python process" if not state.found.python else
+                            "not sampled: no py-spy" if self.pyspy is None else
+                            f"not sampled: {state.found.target.role}" if state.found.target.role in NOT_SERVING else
+                            "not sampled yet: a new child process (short-lived helpers are never sampled)")
             else:
                 sampling = runner.state
             span = (state.last_used - runner.started_wall) if (runner and state.last_used) else None

@@ -2,17 +2,35 @@
 
 A scan reads the process table from procfs (Linux) and returns one :class:`Found` per target:
 
-- (a) processes holding a CUDA context, from NVML (a callable or a fixed mapping ``{pid:
+- (a) Python processes whose command line matches one of ``targets.cmdline_patterns`` and
+  (b) the configured and ``--pid`` PIDs (always tried, so a wrong one gets a clear error):
+  the serving seeds;
+- (c) processes holding a CUDA context, from NVML (a callable or a fixed mapping ``{pid:
   gpu indices}`` is passed in, so this runs and is tested without a GPU);
-- (b) Python processes whose command line matches one of ``targets.cmdline_patterns``;
-- (c) the configured and ``--pid`` PIDs (always tried, so a wrong one gets a clear error);
-- (d) with ``targets.include_descendants``, the Python descendants of all of the above.
+- (d) with ``targets.include_descendants``, the Python descendants of the serving ones.
 
-A process is Python when its executable or ``argv[0]`` is named ``python*`` or it maps a
-``libpython`` (embedding stubs such as Triton's). The agent's own process and py-spy runs
-are never targets. Identity is ``(host, pid, start_time)`` with the start
-time from ``/proc/PID/stat`` computed exactly as psutil's ``create_time()`` (Unix seconds,
-10 ms resolution), so a reused PID is a new target and keys match the other collectors'. Scans block on procfs and NVML: run them through ``asyncio.to_thread``.
+Serving or not (roles: daemon/stacks/roles.py). A CUDA process is serving when its command
+line names a serving role, when it descends from a serving process or is an ancestor of a
+seed; otherwise it is ``other_gpu_process`` (a neighbour) when a serving process holds a
+context on one of its GPUs, and a presumed engine (``engine``) when none does, since a
+custom PyTorch server matches no pattern. A process once judged a neighbour stays one for
+its life, so an engine restart does not turn the neighbour into the engine. A neighbour's
+descendants are not targets. Helpers and neighbours are never sampled with py-spy
+(``Found.sample``); neither is a descendant with no role of its own until it has lived
+``HELPER_GRACE_S`` (short-lived probes come and go unsampled).
+
+GPUs (``Target.gpus``): those a process holds a context on; a serving process holding none
+(an API server, an engine core at TP > 1) gets those its deployment holds, the deployment
+being every serving target under the same topmost serving ancestor. So an API server is
+bound to its engine's GPUs, and on a host with one engine per GPU no process counts for
+every GPU. A deployment that holds no context yet (start-up) leaves the list empty.
+
+Command lines are redacted (daemon/stacks/redact.py) as they are read, before anything else
+sees them. The agent's own process and py-spy runs are never targets. Identity is ``(host,
+pid, start_time)`` with the start time from ``/proc/PID/stat`` computed exactly as psutil's
+``create_time()`` (Unix seconds, 10 ms resolution), so a reused PID is a new target and keys
+match the other collectors'. Scans block on procfs and NVML: run them through
+``asyncio.to_thread``.
 """
 from __future__ import annotations
 
@@ -23,6 +41,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Union
 
 from infersight.daemon.config.load import TargetsConfig
+from infersight.daemon.stacks.redact import redact_args
+from infersight.daemon.stacks.roles import FOREIGN, NAMED_SERVING, NOT_SERVING, infer_role
 from infersight.storage.model import Target
 
 NvmlSource = Union[Callable[[], Mapping[int, Iterable[int]]], Mapping[int, Iterable[int]], None]
@@ -30,24 +50,23 @@ NvmlSource = Union[Callable[[], Mapping[int, Iterable[int]]], Mapping[int, Itera
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PYTHON_NAME = re.compile(r"^python[\d.]*[dmu]*$")
 _EMBEDDED = re.compile(r"triton_python_backend_stub")
-_ROLES: tuple[tuple[str, re.Pattern[str]], ...] = (
-    ("engine_core", re.compile(r"EngineCore|sglang::scheduler|sglang\.srt\.managers\.scheduler")),
-    ("api_server", re.compile(r"vllm serve|vllm[./]entrypoints|APIServer|sglang[./ ]launch_server|trtllm-serve"
-                              r"|(?:^|/)tritonserver(?: |$)")),
-    ("worker", re.compile(r"VllmWorker|VLLM::Worker|RayWorkerWrapper|text[-_]generation[-_]server"
-                          r"|triton_python_backend_stub|sglang::.*worker|mpi4py")),
-)
 _CMDLINE_REFRESH_S = 30.0      # older processes rarely rename themselves (setproctitle)
 _YOUNG_S = 60.0                # a process this young has its command line re-read every scan
+HELPER_GRACE_S = 5.0           # a roleless descendant is sampled once it has lived this long (seconds)
+
+__all__ = ["Discovery", "Found", "NvmlProcesses", "diff", "infer_role"]
 
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A target and why it was chosen (``nvml``, ``pattern``, ``pid``, ``descendant``)."""
+    """A target, why it was chosen (``nvml``, ``pattern``, ``pid``, ``descendant``), and
+    whether to sample its stacks now (``sample``: a Python serving process; see the module
+    docstring for who is not)."""
 
     target: Target
     python: bool
     reasons: tuple[str, ...]
+    sample: bool = True
 
 
 @dataclass(slots=True)
@@ -60,15 +79,6 @@ class _Proc:
     read_at: float
     python: bool | None = None
     matched: bool | None = None        # command line matches a configured pattern
-
-
-def infer_role(cmdline: str, *, gpu: bool, matched: bool) -> str:
-    """api_server, engine_core, worker from the command line; else engine for a GPU holder or a
-    pattern match, other for the rest."""
-    for role, pattern in _ROLES:
-        if pattern.search(cmdline):
-            return role
-    return "engine" if gpu or matched else "other"
 
 
 def diff(before: Mapping[tuple, Target], after: Mapping[tuple, Target]) -> tuple[list[Target], list[Target]]:
@@ -122,6 +132,7 @@ class Discovery:
         self._patterns = [re.compile(p) for p in config.cmdline_patterns]
         self._cache: dict[int, _Proc] = {}
         self._watch: set[int] = set()
+        self._foreign: set[tuple[int, float]] = set()    # (pid, start time) judged neighbours, for life
         self._btime = self._boot_time()
 
     def scan(self) -> list[Target]:
@@ -130,7 +141,7 @@ class Discovery:
     def scan_detailed(self) -> list[Found]:
         now = time.time()
         procs = self._read_table(now)
-        gpus = self._gpu_map()
+        gpus = {pid: g for pid, g in self._gpu_map().items() if pid in procs}
         children: dict[int, list[int]] = {}
         for p in procs.values():
             children.setdefault(p.ppid, []).append(p.pid)
@@ -138,33 +149,88 @@ class Discovery:
         # (the demo engine, tests' programs).
         excluded = {self.own_pid} | {p.pid for p in procs.values() if os.path.basename(p.argv0) == "py-spy"}
         reasons: dict[int, list[str]] = {}
-        for pid in gpus:
-            if pid in procs:
-                reasons.setdefault(pid, []).append("nvml")
         for p in procs.values():
             if p.matched is None:
                 p.matched = any(rx.search(p.cmdline) for rx in self._patterns)
-            if p.matched and self._is_python(p):
+            if p.matched and p.pid not in excluded and self._is_python(p):
                 reasons.setdefault(p.pid, []).append("pattern")
         for pid in self.pids:
             if pid in procs:
                 reasons.setdefault(pid, []).append("pid")
+        foreign = self._split_gpu_holders(procs, gpus, set(reasons), excluded)
+        for pid in gpus:
+            reasons.setdefault(pid, []).append("nvml")
         if self.config.include_descendants:
-            for seed in list(reasons):
+            for seed in [pid for pid in reasons if pid not in foreign]:
                 for pid in self._tree(seed, children):
-                    if pid != seed and pid not in reasons and self._is_python(procs[pid]):
+                    if pid != seed and pid not in reasons and pid not in foreign and self._is_python(procs[pid]):
                         reasons.setdefault(pid, []).append("descendant")
+        roles: dict[int, str] = {}
+        for pid, why in reasons.items():
+            p = procs[pid]
+            roles[pid] = FOREIGN if pid in foreign else infer_role(
+                p.cmdline, gpu=pid in gpus, matched="pattern" in why or "nvml" in why)
+        shared = self._deployment_gpus(procs, gpus, roles)
         found: list[Found] = []
         for pid, why in sorted(reasons.items()):
             if pid in excluded:
                 continue
-            p = procs[pid]
-            gpu = tuple(gpus.get(pid, ()))
-            role = infer_role(p.cmdline, gpu=bool(gpu), matched="pattern" in why or "nvml" in why)
+            p, role = procs[pid], roles[pid]
+            gpu = gpus.get(pid) or (shared.get(pid, ()) if role not in NOT_SERVING else ())
             target = Target(host=self.host, pid=pid, start_time=p.start_time, cmdline=p.cmdline, role=role, gpus=gpu)
-            found.append(Found(target=target, python=self._is_python(p) or "pid" in why, reasons=tuple(why)))
+            python = self._is_python(p) or "pid" in why
+            young_roleless = role == "other" and why == ["descendant"] and now - p.start_time < HELPER_GRACE_S
+            found.append(Found(target=target, python=python, reasons=tuple(why),
+                               sample=python and role not in NOT_SERVING and not young_roleless))
         self._watch = {f.target.pid for f in found}
         return found
+
+    def _split_gpu_holders(self, procs: Mapping[int, _Proc], gpus: Mapping[int, tuple[int, ...]],
+                           seeds: set[int], excluded: set[int]) -> set[int]:
+        """The CUDA processes that are neighbours, not serving (module docstring)."""
+        serving = set(seeds)
+        seed_ancestors = {a for pid in seeds for a in self._ancestors(pid, procs)}
+        undecided = []
+        for pid in gpus:
+            if pid in serving or pid in excluded:
+                continue
+            if infer_role(procs[pid].cmdline, gpu=True, matched=False) in NAMED_SERVING or pid in seed_ancestors:
+                serving.add(pid)
+            else:
+                undecided.append(pid)
+        # parents before children, so a child of a presumed engine is part of that engine
+        undecided.sort(key=lambda pid: (procs[pid].start_time, pid))
+        serving_gpus = {g for pid in serving if pid in gpus for g in gpus[pid]}
+        foreign: set[int] = set()
+        for pid in undecided:
+            key = (pid, procs[pid].start_time)
+            if any(a in serving for a in self._ancestors(pid, procs)):
+                serving.add(pid)
+            elif key in self._foreign or serving_gpus & set(gpus[pid]):
+                foreign.add(pid)
+                self._foreign.add(key)
+            else:
+                serving.add(pid)    # nothing recognised on its GPUs: presumed the engine
+                serving_gpus |= set(gpus[pid])
+        self._foreign = {(pid, start) for pid, start in self._foreign
+                         if pid in procs and procs[pid].start_time == start}
+        return foreign
+
+    def _deployment_gpus(self, procs: Mapping[int, _Proc], gpus: Mapping[int, tuple[int, ...]],
+                         roles: Mapping[int, str]) -> dict[int, tuple[int, ...]]:
+        """pid -> GPUs held by the serving targets under its topmost serving ancestor."""
+        serving = {pid for pid, role in roles.items() if role not in NOT_SERVING}
+        root_of: dict[int, int] = {}
+        for pid in serving:
+            root = pid
+            for a in self._ancestors(pid, procs):
+                if a in serving:
+                    root = a
+            root_of[pid] = root
+        held: dict[int, set[int]] = {}
+        for pid, root in root_of.items():
+            held.setdefault(root, set()).update(gpus.get(pid, ()))
+        return {pid: tuple(sorted(held[root])) for pid, root in root_of.items()}
 
     def alive(self, target: Target) -> bool:
         """Whether ``target`` (same pid and start time) still runs. One procfs read."""
@@ -203,7 +269,8 @@ class Discovery:
         except OSError:
             return "", ""
         args = [a.decode("utf-8", "replace") for a in raw.split(b"\0") if a]
-        return " ".join(args), (args[0] if args else "")
+        # redacted here, before the command line is matched, cached or handed to anyone
+        return " ".join(redact_args(args)), (args[0] if args else "")
 
     def _read_table(self, now: float) -> dict[int, _Proc]:
         try:
@@ -278,6 +345,18 @@ class Discovery:
             self.nvml_error = f"NVML process list failed: {exc}"
             return {}
         return {int(pid): tuple(sorted(set(int(g) for g in gpus))) for pid, gpus in mapping.items()}
+
+    @staticmethod
+    def _ancestors(pid: int, procs: Mapping[int, _Proc]) -> list[int]:
+        """Parent, grandparent, ... of ``pid`` that are in the process table (nearest first)."""
+        out: list[int] = []
+        seen = {pid}
+        p = procs.get(pid)
+        while p is not None and p.ppid in procs and p.ppid not in seen:
+            seen.add(p.ppid)
+            out.append(p.ppid)
+            p = procs[p.ppid]
+        return out
 
     @staticmethod
     def _tree(root: int, children: Mapping[int, list[int]]) -> list[int]:
