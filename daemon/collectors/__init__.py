@@ -2,14 +2,17 @@
 
 Nothing runs at import time; ``build_collectors`` constructs each enabled collector and the
 few links between them, all read-only: the GPU collector tells the stacks collector's
-discovery which processes hold a CUDA context; the stacks collector's discovered targets
-are the processes the host collector samples and the engine collector probes for /metrics.
+discovery which processes hold a CUDA context (and on which GPUs); the stacks collector's
+discovered targets are the processes the host collector samples and the engine collector
+probes for /metrics; :func:`engine_gpu_map` ties the engine collector's endpoints to those
+targets' GPUs, for the analysis.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 from infersight.daemon.collectors.base import Collector
+from infersight.daemon.collectors.engine_gpus import EndpointGpus
 from infersight.daemon.config.load import Config
 from infersight.daemon.stacks.targets import explicit_targets
 from infersight.storage.model import Target
@@ -48,3 +51,15 @@ def build_collectors(config: Config) -> list[Collector]:
                                           engine_pids=lambda: [t.pid for t in current_targets()],
                                           discover_every_s=config.targets.discovery_interval_s))
     return collectors
+
+
+def engine_gpu_map(collectors: Iterable[Any]) -> EndpointGpus | None:
+    """The ``{endpoint URL: GPUs}`` source the analysis awaits each tick (engine_gpus.py), or
+    None without an engine collector. Targets come from the stacks collector's discovery (the
+    only source of GPU lists); without it every endpoint is unmapped."""
+    by_name = {getattr(c, "name", None): c for c in collectors}
+    engines, stacks = by_name.get("engines"), by_name.get("stacks")
+    if engines is None or not hasattr(engines, "endpoint_status"):
+        return None
+    targets = stacks.targets if stacks is not None and hasattr(stacks, "targets") else list
+    return EndpointGpus(engines.endpoint_status, targets)
