@@ -245,8 +245,11 @@ def default_components(config: Config) -> list[Callable[["Daemon"], Any]]:
     if config.analysis.enabled:
         def analysis(daemon: "Daemon"):
             from infersight.daemon.analysis.analyzer import Analyzer
+            from infersight.daemon.collectors import engine_gpu_map
 
-            return Analyzer(daemon.config, daemon.agent.store)
+            # each GPU's seconds read its own engines' signals (endpoint -> process -> GPUs)
+            return Analyzer(daemon.config, daemon.agent.store,
+                            endpoint_gpus=engine_gpu_map(daemon.agent.runner.collectors.values()))
 
         factories.append(analysis)
     if config.pyroscope.enabled:
