@@ -23,6 +23,7 @@ from infersight.daemon.config.load import Config, store_options, with_overrides
 from infersight.daemon.replay.engine import replay_engine_lines
 from infersight.daemon.replay.gpu import parse_gpu_jsonl
 from infersight.daemon.stacks.parse import parse_raw
+from infersight.daemon.stacks.redact import redact_cmdline
 from infersight.storage import events as q_events
 from infersight.storage.model import Batch, ProcessSample, SamplingStat, StackSample, Target
 from infersight.storage.store import Store, StoreError
@@ -53,8 +54,9 @@ def load_processes(root: Path, host: str) -> tuple[list[Target], list[dict]]:
     for p in procs:
         start = float(p.get("pyspy_launch_wall") or 0.0)
         gpus = (0,) if p.get("role") == "other_gpu_process" else ()
-        targets.append(Target(host, int(p["pid"]), start, str(p.get("cmdline", "")), str(p.get("role", "unknown")),
-                              gpus=gpus))
+        # a recording's command lines get the same redaction as live discovery's
+        cmdline = redact_cmdline(str(p.get("cmdline", "")))
+        targets.append(Target(host, int(p["pid"]), start, cmdline, str(p.get("role", "unknown")), gpus=gpus))
     return targets, procs
 
 
