@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,92 @@ async def test_broken_endpoints_leave_the_agent_healthy_and_say_why():
     assert status[urls["err"]]["retry_in_runs"] == 7
 
 
+# -- a saturated API server: late answers are samples, hung ones time out alone --------
+
+async def test_a_slow_api_server_loses_no_scrape_and_its_lag_is_a_signal():
+    """/metrics answers after 1.5 s, then 0.2 s, ...: longer than the 1 s interval, like vLLM's
+    API server under load. Every answer becomes a sample, none overlap, runs stay short."""
+    lags = (1.5, 0.2, 1.5, 0.1)
+    rate = 400.0
+    start = time.time()
+    state = {"asked": 0, "answered": 0, "inflight": 0, "max_inflight": 0}
+
+    async def metrics(request):
+        lag = lags[state["asked"] % len(lags)]
+        state["asked"] += 1
+        state["inflight"] += 1
+        state["max_inflight"] = max(state["max_inflight"], state["inflight"])
+        await asyncio.sleep(lag)                  # the event loop gets to the handler late
+        tokens = rate * (time.time() - start)     # the counters are read when the handler runs
+        state["inflight"] -= 1
+        state["answered"] += 1
+        return web.Response(text=f'vllm:generation_tokens_total{{engine="0",model_name="m"}} {tokens}\n',
+                            content_type=PROM)
+
+    server = await serve({"/metrics": metrics})
+    collector = EngineCollector(config(str(server.make_url("/metrics")), interval_s=1.0, timeout_s=10.0), "host")
+    samples, errors, run_s = [], [], []
+    try:
+        while state["answered"] < 6 or collector.endpoint_status()[0]["in_flight"]:
+            t0 = time.monotonic()
+            batch = await collector.collect(time.time())
+            run_s.append(time.monotonic() - t0)
+            samples += batch.engine_samples
+            errors += batch.errors
+        [status] = collector.endpoint_status()
+    finally:
+        await collector.close()
+        await server.close()
+    latencies = [s.value for s in samples if s.signal == "scrape_latency_seconds"]
+    rates = [s.value for s in samples if s.signal == "generation_tokens_per_s"]
+    assert not errors and status["scrapes_failed"] == 0
+    assert len(latencies) == state["answered"] == status["scrapes_ok"]     # no answer lost
+    assert state["max_inflight"] == 1                                       # never two at once
+    assert status["scrapes_late"] >= 2
+    assert sum(v >= 1.5 for v in latencies) == sum(lags[i % 4] == 1.5 for i in range(state["answered"]))
+    assert all(v < 3.0 for v in latencies)
+    # stamped when answered, the rates stay right although the lag swings between 0.1 and 1.5 s
+    assert len(rates) == state["answered"] - 1
+    assert all(v == pytest.approx(rate, rel=0.05) for v in rates)
+    assert max(run_s) < 0.9 + 0.5                                           # no run waits for a late scrape
+    assert {s.engine for s in samples if s.signal == "scrape_latency_seconds"} == {"vllm"}
+
+
+async def test_a_hung_endpoint_times_out_alone_and_is_asked_once():
+    release = asyncio.Event()
+    hung: list[float] = []
+
+    async def hang(request):
+        hung.append(time.monotonic())
+        await release.wait()
+        return web.Response(text="too late")
+
+    server = await serve({"/metrics": text_handler(VLLM_TEXT), "/hang": hang})
+    good, bad = str(server.make_url("/metrics")), str(server.make_url("/hang"))
+    collector = EngineCollector(config(good, bad, interval_s=0.5, timeout_s=2.0), "host")
+    batches, run_s = [], []
+    try:
+        deadline = time.monotonic() + 3.2
+        while time.monotonic() < deadline:
+            t0 = time.monotonic()
+            batches.append(await collector.collect(time.time()))
+            run_s.append(time.monotonic() - t0)
+            await asyncio.sleep(0.05)
+        status = {s["url"]: s for s in collector.endpoint_status()}
+    finally:
+        release.set()
+        await collector.close()
+        await server.close()
+    # the good endpoint gave records in every run while the hung one was in flight
+    assert all(any(s.signal == "requests_running" for s in b.engine_samples) for b in batches)
+    assert len(batches) >= 5 and max(run_s) < 0.45 + 0.3
+    # one request until its 2 s deadline (no pile-up), then the error, then backoff
+    assert hung and hung[0] - min(hung) == 0 and (len(hung) == 1 or hung[1] - hung[0] >= 2.0)
+    assert status[bad]["last_error"] == "timed out after 2 s" and status[bad]["scrapes_failed"] >= 1
+    assert sum(e.startswith(bad) for b in batches for e in b.errors) == status[bad]["scrapes_failed"]
+    assert status[good]["ok"] and status[good]["last_latency_s"] < 0.5
+
+
 async def test_redirect_to_metrics_slash_is_followed():
     async def redirect(request):
         raise web.HTTPTemporaryRedirect("/metrics/")
@@ -233,7 +320,8 @@ async def test_series_cap_counts_and_logs_once(caplog):
     assert all(r.labels[0][1].startswith("b") for r in third.raw_series if r.name == "churn")
     assert status["series_dropped"] == 51 and status["series_dropped_total"] == 51 * 3
     assert sum("engine_series_capped" in r.getMessage() for r in caplog.records) == 1
-    assert [s.signal for s in third.engine_samples] == ["requests_running"]   # signals do not depend on the cap
+    # signals do not depend on the cap
+    assert [s.signal for s in third.engine_samples] == ["requests_running", "scrape_latency_seconds"]
 
 
 # -- autodiscovery ---------------------------------------------------------------------

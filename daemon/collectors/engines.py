@@ -2,10 +2,22 @@
 
 Endpoints come from the config (``collectors.engines.endpoints``), the command line
 (``--scrape URL``, passed as ``extra_endpoints``) and autodiscovery (:meth:`discover`: the
-listening TCP ports of engine processes, each probed once). Every run scrapes the endpoints
-that are due concurrently through one shared aiohttp session, each with a timeout shorter
-than the interval; an endpoint that fails is retried after 1, 2, 4, ... runs (at most
-``MAX_BACKOFF_S`` apart). Parsing and normalization (engines/ingest.py) run in a worker thread.
+listening TCP ports of engine processes, each probed once). Every run starts a scrape of each
+endpoint that is due, concurrently through one shared aiohttp session, and waits for them at
+most ``RUN_WAIT_SHARE`` of the interval, so a run never outlasts its interval. A scrape still
+running then is not lost: it keeps its own deadline (``timeout_s``, longer than the interval
+by default) and its records go out with the first run after it answered. An endpoint is
+never scraped twice at once: while its scrape is in flight it is not due, so scrapes of a
+slow endpoint neither overlap nor pile up, and a slow or hung endpoint never delays the
+others. An endpoint that fails is retried after 1, 2, 4, ... runs (at most ``MAX_BACKOFF_S``
+apart). Parsing and normalization (engines/ingest.py) run in a worker thread.
+
+Time of a sample: when the answer began (its headers arrived), not when the request was sent.
+An engine reads its counters when its handler runs, just before it answers; under load its
+API server's event loop gets to the request seconds after it was sent (vLLM 0.24 took longer
+than 0.8 s on an H200), and stamping the request's start would put the values seconds early.
+The time to that first byte is kept per endpoint as the engine signal
+``scrape_latency_seconds``: it measures the API server's event-loop lag.
 
 A broken endpoint never breaks the run: its problem goes to ``Batch.errors`` and to
 :meth:`endpoint_status` in plain words ("timed out after 0.8 s", "HTTP 500", "not Prometheus
@@ -25,12 +37,15 @@ import aiohttp
 from infersight.daemon.config.load import EnginesCollectorConfig
 from infersight.daemon.engines.discovery import listening_endpoints, normalize_url
 from infersight.daemon.engines.ingest import EndpointIngest, Ingested
-from infersight.storage.model import Batch
+from infersight.storage.model import Batch, EngineSample
 
 log = logging.getLogger("infersight.engines")
 
 MAX_BODY_BYTES = 16 * 2**20       # a scrape larger than this is refused (bytes)
 MAX_BACKOFF_S = 30.0              # longest wait between two attempts on a down endpoint
+RUN_WAIT_SHARE = 0.9              # a run waits for its scrapes at most this share of the interval
+MAX_PROBE_TIMEOUT_S = 2.0         # discovery probes: a port that does not answer soon is no engine
+LATENCY_SIGNAL = "scrape_latency_seconds"
 # Prefer the classic text format (what the fixtures are); OpenMetrics is read as well.
 # Never ask for OpenMetrics: prometheus_client (what vLLM and SGLang serve with) answers with it
 # whenever the Accept header names it, whatever its q, and then escapes "vllm:x" to "vllm_x".
@@ -59,6 +74,10 @@ class _Endpoint:
     bad_line_examples: list[str] = field(default_factory=list)
     scrapes_ok: int = 0
     scrapes_failed: int = 0
+    scrapes_late: int = 0                         # answered after the run that started them ended
+    last_latency_s: float | None = None           # time to the first byte of the last answer
+    task: asyncio.Task | None = None              # the scrape in flight
+    task_run: int = 0                             # the run that started it
 
 
 class ScrapeError(Exception):
@@ -81,12 +100,15 @@ class EngineCollector:
         self._discovered_at: float | None = None
         self.host = host
         self.interval_s = config.interval_s
-        # Shorter than the interval whatever the config says, so runs never pile up.
-        self.timeout_s = min(config.timeout_s, 0.9 * config.interval_s)
+        # A scrape may outlive its run (see the module docstring); a run never outlives its interval.
+        self.timeout_s = config.timeout_s
+        self.run_wait_s = RUN_WAIT_SHARE * config.interval_s
+        self.probe_timeout_s = min(config.timeout_s, MAX_PROBE_TIMEOUT_S)
         self._clock = clock
         self._session: aiohttp.ClientSession | None = None
         self._endpoints: dict[str, _Endpoint] = {}
         self._probed: dict[tuple[int, float, int], str | None] = {}
+        self._runs = 0
         for url in config.endpoints:
             self.add_endpoint(url, origin="config")
         for url in extra_endpoints:
@@ -95,10 +117,15 @@ class EngineCollector:
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s), headers={"Accept": ACCEPT})
+            self._session = aiohttp.ClientSession(headers={"Accept": ACCEPT})
 
     async def close(self) -> None:
+        tasks = [ep.task for ep in self._endpoints.values() if ep.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for ep in self._endpoints.values():
+            ep.task = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -133,6 +160,8 @@ class EngineCollector:
         for url, ep in list(self._endpoints.items()):
             if ep.origin == "discovered" and not (ep.pids & current):
                 log.info("event=engine_endpoint_gone url=%s", url)
+                if ep.task is not None:
+                    ep.task.cancel()
                 del self._endpoints[url]
         found = await asyncio.to_thread(listening_endpoints, current)
         alive = {(pid, ctime) for pid, ctime, _, _ in found}
@@ -154,7 +183,7 @@ class EngineCollector:
     async def _probe(self, url: str) -> list[str]:
         """The engines an endpoint exposes, or [] when it does not answer with engine metrics."""
         try:
-            _, text = await self._fetch(url)
+            _, _, text = await self._fetch(url, self.probe_timeout_s)
         except ScrapeError:
             return []
         ingest = EndpointIngest(url, self.config.quantile_window_s, self.config.max_series_per_endpoint)
@@ -175,27 +204,46 @@ class EngineCollector:
             batch.no_data = "no engine endpoints configured or discovered"
             return batch
         await self.start()
-        due = []
-        for ep in list(self._endpoints.values()):
+        endpoints = list(self._endpoints.values())
+        self._runs += 1
+        self._harvest(endpoints, batch)                   # scrapes that answered after their run
+        for ep in endpoints:
+            if ep.task is not None:
+                continue                                  # still in flight: not due
             if ep.skip_runs > 0:
                 ep.skip_runs -= 1
             else:
-                due.append(ep)
-        results = await asyncio.gather(*(self._scrape(ep) for ep in due))
-        for ep, (result, error) in zip(due, results):
+                ep.task = asyncio.create_task(self._scrape(ep), name=f"scrape {ep.url}")
+                ep.task_run = self._runs
+        flying = [ep.task for ep in endpoints if ep.task is not None]
+        if flying:
+            await asyncio.wait(flying, timeout=self.run_wait_s)
+        self._harvest(endpoints, batch)
+        return batch
+
+    def _harvest(self, endpoints: list[_Endpoint], batch: Batch) -> None:
+        """Move the records of finished scrapes into ``batch``."""
+        for ep in endpoints:
+            if ep.task is None or not ep.task.done():
+                continue
+            task, ep.task = ep.task, None
+            if task.cancelled():
+                continue
+            result, error = task.result()      # _scrape never raises
+            if ep.task_run != self._runs and result is not None:
+                ep.scrapes_late += 1
             if error is not None:
                 batch.errors.append(f"{ep.url}: {error}")
             if result is not None:
                 batch.engine_samples.extend(result.engine_samples)
                 batch.histogram_deltas.extend(result.histogram_deltas)
                 batch.raw_series.extend(result.raw_series)
-        return batch
 
     async def _scrape(self, ep: _Endpoint) -> tuple[Ingested | None, str | None]:
         """One endpoint's scrape; returns (records, error words), never raises."""
         ep.last_attempt = self._clock()
         try:
-            t, text = await self._fetch(ep.url)
+            t, latency, text = await self._fetch(ep.url, self.timeout_s)
             result = await asyncio.to_thread(ep.ingest.ingest, t, text)
             if not result.readable:
                 raise ScrapeError(f"not Prometheus text (no readable sample in {result.bad_lines} lines)")
@@ -212,6 +260,9 @@ class EngineCollector:
         if ep.consecutive_failures:
             log.info("event=engine_endpoint_back url=%s after_failures=%d", ep.url, ep.consecutive_failures)
         ep.last_success = t
+        ep.last_latency_s = latency
+        result.engine_samples.append(EngineSample(t, ep.url, result.engines[0] if result.engines else "", "",
+                                                  LATENCY_SIGNAL, latency))
         ep.consecutive_failures = 0
         ep.scrapes_ok += 1
         ep.engines, ep.models = result.engines, result.models
@@ -232,13 +283,16 @@ class EngineCollector:
             log.warning("event=engine_endpoint_down url=%s error=%r", ep.url, error)
         return error
 
-    async def _fetch(self, url: str) -> tuple[float, str]:
-        """GET ``url``; returns (Unix time the response began, body text) or raises ScrapeError."""
+    async def _fetch(self, url: str, timeout_s: float) -> tuple[float, float, str]:
+        """GET ``url`` within ``timeout_s``; returns (Unix time the response began, seconds from
+        the request to that moment, body text) or raises ScrapeError."""
         assert self._session is not None
+        sent = time.monotonic()
         try:
             # Redirects are followed: FastAPI mounts (older vLLM) answer /metrics with 307 -> /metrics/.
-            async with self._session.get(url) as resp:
+            async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
                 t = self._clock()
+                latency = time.monotonic() - sent
                 if resp.status != 200:
                     raise ScrapeError(f"HTTP {resp.status}" + (f" {resp.reason}" if resp.reason else ""))
                 ctype = resp.content_type.lower()
@@ -250,13 +304,13 @@ class EngineCollector:
                     if len(body) > MAX_BODY_BYTES:
                         raise ScrapeError(f"response larger than {MAX_BODY_BYTES >> 20} MiB")
                 try:
-                    return t, body.decode(resp.charset or "utf-8", errors="replace")
+                    return t, latency, body.decode(resp.charset or "utf-8", errors="replace")
                 except LookupError:  # a charset Python does not know: read it as UTF-8
-                    return t, body.decode("utf-8", errors="replace")
+                    return t, latency, body.decode("utf-8", errors="replace")
         except ScrapeError:
             raise
         except Exception as exc:
-            raise ScrapeError(describe_error(exc, self.timeout_s)) from None
+            raise ScrapeError(describe_error(exc, timeout_s)) from None
 
     # -- status --------------------------------------------------------------------------
     def endpoint_status(self) -> list[dict[str, Any]]:
@@ -265,7 +319,9 @@ class EngineCollector:
         Times are Unix seconds or None; ``engine`` is the first engine recognised (None before
         a successful scrape); ``series_dropped`` counts raw series refused by the cardinality
         guard at the last scrape, ``series_dropped_total`` since start; ``bad_lines`` is the last
-        scrape's count of unreadable lines.
+        scrape's count of unreadable lines; ``last_latency_s`` the seconds from the request to
+        the first byte of the last answer; ``scrapes_late`` the answers that came after the run
+        that asked for them had ended (kept, not lost); ``in_flight`` whether a scrape is running.
         """
         out = []
         for ep in self._endpoints.values():
@@ -294,6 +350,9 @@ class EngineCollector:
                 "bad_line_examples": list(ep.bad_line_examples),
                 "scrapes_ok": ep.scrapes_ok,
                 "scrapes_failed": ep.scrapes_failed,
+                "scrapes_late": ep.scrapes_late,
+                "last_latency_s": None if ep.last_latency_s is None else round(ep.last_latency_s, 6),
+                "in_flight": ep.task is not None,
             })
         return out
 

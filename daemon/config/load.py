@@ -129,7 +129,9 @@ class GpuCollectorConfig:
 class EnginesCollectorConfig:
     enabled: bool = opt(True, "scrape the engines' Prometheus /metrics")
     interval_s: float = opt(1.0, "scrape interval (seconds)", min=0.1, max=3600)
-    timeout_s: float = opt(0.8, "scrape timeout, shorter than the interval (seconds)", min=0.05, max=600)
+    timeout_s: float = opt(10.0, "deadline of one scrape (seconds); may exceed the interval: a late answer is still "
+                           "a sample, and an endpoint is not scraped again before it answers or this passes",
+                           min=0.05, max=600)
     endpoints: tuple[str, ...] = opt((), "engine /metrics URLs scraped in addition to those discovered")
     autodiscover: bool = opt(True, "probe /metrics on the listening ports of discovered engine processes")
     max_series_per_endpoint: int = opt(5000, "raw series kept per endpoint; more are counted and dropped", min=1)
