@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from infersight.daemon.config.load import TargetsConfig
+from infersight.daemon.stacks import discovery as discovery_module
 from infersight.daemon.stacks.discovery import Discovery, NvmlProcesses, diff, infer_role
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -34,6 +35,24 @@ def _config(tag: str, **kw) -> TargetsConfig:
     ("python3 engine.py", True, False, "engine"),
     ("python3 my_pattern_tool.py", False, True, "engine"),
     ("python3 -c from multiprocessing.resource_tracker import main;main(7)", False, False, "helper"),
+    # vLLM 0.24 as /proc/PID/cmdline reads it (setproctitle titles are the whole command line)
+    ("/opt/venv/bin/python3 -m vllm.entrypoints.cli.main serve /models/llama-1b --load-format dummy", False, True,
+     "api_server"),
+    ("/opt/venv/bin/python3 /opt/venv/bin/vllm serve /models/llama-1b --port 8000", False, True, "api_server"),
+    ("VLLM::APIServer_0", False, True, "api_server"),
+    ("VLLM::EngineCore_DP1", True, True, "engine_core"),
+    ("VLLM::Worker_TP0", True, True, "worker"),
+    ("VLLM::Worker_DP0_PP1_TP3", True, True, "worker"),
+    ("VllmWorker TP1", True, False, "worker"),
+    ("/opt/venv/bin/python3 -m vllm.model_executor.models.registry", False, False, "helper"),
+    ("/opt/venv/bin/python3 /opt/venv/lib/python3.12/site-packages/vllm/distributed/device_communicators/"
+     "all_reduce_utils.py", True, False, "helper"),
+    ("/opt/venv/bin/python3 /opt/venv/lib/python3.12/site-packages/torch/_inductor/compile_worker/__main__.py "
+     "--pickler=torch._inductor.compile_worker.subproc_pool.SubprocPickler --kind=fork --workers=32 --parent=812",
+     False, False, "helper"),
+    ("VLLM::DPCoordinator", False, True, "helper"),
+    ("/opt/venv/bin/python3 -c from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=8, "
+     "pipe_handle=12) --multiprocessing-fork", False, False, "other"),
 ])
 def test_roles_from_command_lines(cmdline: str, gpu: bool, matched: bool, role: str) -> None:
     assert infer_role(cmdline, gpu=gpu, matched=matched) == role
@@ -121,3 +140,77 @@ def test_exit_and_restart_are_new_identities(spawn) -> None:
     assert [t.pid for t in started] == [second.pid]
     assert [t.pid for t in exited] == [first.pid]
     assert not disc.alive(old)
+
+
+def _layout(spawn, tag: str, children: list[list[str]], *parent_tags: str):
+    spec = json.dumps(children).encode().hex()
+    parent = spawn([str(PROGRAMS / "layout.py"), "60", spec, *parent_tags, tag])
+    return parent, json.loads(parent.first_line)["children"]
+
+
+def test_a_vllm_layout_gets_its_roles_gpus_and_neighbours(spawn, monkeypatch) -> None:
+    tag = f"isight-{uuid.uuid4().hex[:8]}"
+    api, (core, tracker, probe, plain) = _layout(spawn, tag, [
+        ["VLLM::EngineCore"], ["-c", "from multiprocessing.resource_tracker import main;main(5)"],
+        ["-m", "vllm.model_executor.models.registry"], ["plain-child"]], "vllm", "serve")
+    other = uuid.uuid4().hex[:8]                                                  # tags the pattern misses
+    neighbour = spawn([str(PROGRAMS / "spawner.py"), "60", f"neighbour-{other}"])  # a training job, say
+    neighbour_child = json.loads(neighbour.first_line)["python_child"]
+    lonely = spawn([str(PROGRAMS / "idle.py"), "60", f"lonely-{other}"])           # a custom server on GPU 1
+    nvml = {core: [0], neighbour.pid: [0], lonely.pid: [1]}
+    disc = Discovery(_config(tag), "h", nvml=lambda: nvml)
+    found = {f.target.pid: f for f in disc.scan_detailed()}
+
+    def seen(pid):
+        f = found[pid]
+        return f.target.role, f.target.gpus, f.sample
+
+    assert seen(api.pid) == ("api_server", (0,), True)       # bound to its engine core's GPU
+    assert seen(core) == ("engine_core", (0,), True)
+    assert seen(tracker) == ("helper", (), False) and seen(probe) == ("helper", (), False)
+    assert seen(plain) == ("other", (0,), False)             # a new child: not sampled before its grace
+    assert seen(neighbour.pid) == ("other_gpu_process", (0,), False)
+    assert neighbour_child not in found                      # a neighbour's children are not targets
+    assert seen(lonely.pid) == ("engine", (1,), True)        # nothing known on GPU 1: presumed the engine
+
+    monkeypatch.setattr(discovery_module, "HELPER_GRACE_S", 0.0)
+    found = {f.target.pid: f for f in disc.scan_detailed()}
+    assert seen(plain) == ("other", (0,), True)              # it outlived the grace: a serving child
+
+    # the engine restarts (no context for a while): the neighbour stays a neighbour
+    nvml.pop(core)
+    found = {f.target.pid: f for f in disc.scan_detailed()}
+    assert seen(neighbour.pid) == ("other_gpu_process", (0,), False)
+    assert seen(api.pid) == ("api_server", (), True)         # its deployment holds no GPU now
+    # the engine comes back on GPUs 0 and 1: the process that was alone on GPU 1 is a neighbour now
+    nvml[core] = [0, 1]
+    found = {f.target.pid: f for f in disc.scan_detailed()}
+    assert seen(lonely.pid) == ("other_gpu_process", (1,), False)
+    assert seen(api.pid) == ("api_server", (0, 1), True)
+
+
+def test_tensor_parallel_workers_are_bound_to_their_gpus(spawn) -> None:
+    tag = f"isight-{uuid.uuid4().hex[:8]}"
+    api, (core, w0, w1) = _layout(spawn, tag, [["VLLM::EngineCore"], ["VLLM::Worker_TP0"], ["VLLM::Worker_TP1"]],
+                                  "vllm", "serve")
+    found = {f.target.pid: f.target for f in Discovery(_config(tag), "h", nvml={w0: [0], w1: [1]}).scan_detailed()}
+    assert (found[w0].role, found[w0].gpus) == ("worker", (0,))
+    assert (found[w1].role, found[w1].gpus) == ("worker", (1,))
+    assert found[core].gpus == (0, 1) and found[api.pid].gpus == (0, 1)
+
+
+def test_two_engines_on_two_gpus_are_two_deployments(spawn) -> None:
+    tag = f"isight-{uuid.uuid4().hex[:8]}"
+    api_a, (core_a,) = _layout(spawn, tag, [["VLLM::EngineCore"]], "vllm", "serve", "a")
+    api_b, (core_b,) = _layout(spawn, tag, [["VLLM::EngineCore"]], "vllm", "serve", "b")
+    found = {f.target.pid: f.target for f in
+             Discovery(_config(tag), "h", nvml={core_a: [0], core_b: [1]}).scan_detailed()}
+    assert found[api_a.pid].gpus == (0,) and found[api_b.pid].gpus == (1,)
+    assert found[core_a].role == found[core_b].role == "engine_core"
+
+
+def test_command_lines_are_redacted_as_read(spawn) -> None:
+    tag = f"isight-{uuid.uuid4().hex[:8]}"
+    proc = spawn([str(PROGRAMS / "idle.py"), "60", tag, "--api-key", "sekrit", "HF_TOKEN=hf_sekrit"])
+    (target,) = [t for t in Discovery(_config(tag), "h", nvml=None).scan() if t.pid == proc.pid]
+    assert "sekrit" not in target.cmdline and target.cmdline.endswith(f"{tag} --api-key *** HF_TOKEN=***")
