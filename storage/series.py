@@ -50,7 +50,9 @@ def process_series(cur, signal: str, pid: int, t_from: float, t_to: float, step:
 
 def engine_series(cur, signal: str, t_from: float, t_to: float, step: float,
                   model: str | None = None, endpoint: str | None = None) -> list[list[float]]:
-    """An engine signal summed over models and endpoints per sample time, then binned.
+    """An engine signal per ``step`` bin: the mean of each endpoint and model in the bin, then
+    those summed (endpoints scrape at their own moments, so they are combined per bin, not
+    per sample time).
 
     Summing is right for running/waiting requests and token rates; ratios, quantiles,
     latencies and per-GPU rates take the maximum instead (:func:`summed`). Pass ``model``
@@ -64,10 +66,40 @@ def engine_series(cur, signal: str, t_from: float, t_to: float, step: float,
     if endpoint is not None:
         extra += " AND endpoint = (SELECT id FROM endpoints WHERE url = ?)"
         params.append(endpoint)
-    agg = "sum" if summed(signal) else "max"
-    inner = (f"SELECT t, {agg}(value) AS v FROM engine_samples WHERE signal = ? AND t >= ? AND t < ?{extra} "
-             "AND NOT isnan(value) GROUP BY t")
-    return _binned(cur, inner, params, t_from, step)
+    rows = (f"SELECT t, endpoint, model, value AS v FROM engine_samples WHERE signal = ? AND t >= ? AND t < ?{extra} "
+            "AND NOT isnan(value)")
+    return _engine_binned(cur, rows, params, "sum" if summed(signal) else "max", t_from, step)
+
+
+def engine_per_gpu_series(cur, signals: tuple[str, ...], t_from: float, t_to: float,
+                          step: float) -> list[list[float]]:
+    """The sum of per-GPU engine ``signals`` (read + write bytes) per endpoint, model and sample
+    time, binned, the busiest endpoint's per bin: the numerator of MFU or MBU."""
+    rows = ("SELECT t, endpoint, model, sum(value) AS v FROM engine_samples "
+            "WHERE list_contains(?, signal) AND t >= ? AND t < ? AND NOT isnan(value) GROUP BY 1, 2, 3")
+    return _engine_binned(cur, rows, [list(signals), t_from, t_to], "max", t_from, step)
+
+
+def _engine_binned(cur, rows: str, params: list, agg: str, t_from: float, step: float) -> list[list[float]]:
+    """``rows`` (t, endpoint, model, v) averaged per bin and series, then combined by ``agg``."""
+    out = cur.execute(f"""
+        SELECT b, {agg}(v) FROM (
+            SELECT ? + floor((t - ?) / ?) * ? AS b, endpoint, model, avg(v) AS v FROM ({rows}) GROUP BY 1, 2, 3)
+        GROUP BY 1 ORDER BY 1 LIMIT {MAX_POINTS}""", [t_from, t_from, step, step] + params).fetchall()
+    return [[round(b, 3), None if v is None else round(float(v), 4)] for b, v in out]
+
+
+def engine_latest(cur, signals: tuple[str, ...], since: float) -> list[tuple[str, str, float, float]]:
+    """(endpoint URL, signal, t, value): the newest sample of each of ``signals`` per endpoint
+    since ``since``, its models combined as the series are (sum, or max: NOT_SUMMED_SQL)."""
+    rows = cur.execute(f"""
+        WITH recent AS (SELECT endpoint, signal, t, value FROM engine_samples
+                        WHERE t >= ? AND list_contains(?, signal) AND NOT isnan(value)),
+             newest AS (SELECT endpoint, signal, max(t) AS t FROM recent GROUP BY 1, 2)
+        SELECT e.url, signal, t, CASE WHEN {NOT_SUMMED_SQL} THEN max(r.value) ELSE sum(r.value) END
+        FROM recent r JOIN newest USING (endpoint, signal, t) JOIN endpoints e ON e.id = endpoint
+        GROUP BY 1, 2, 3 ORDER BY 1, 2""", [since, list(signals)]).fetchall()
+    return [(url, signal, float(t), float(v)) for url, signal, t, v in rows]
 
 
 def _binned(cur, inner: str, params: list, t_from: float, step: float) -> list[list[float]]:

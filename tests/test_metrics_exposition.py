@@ -19,6 +19,7 @@ from infersight.storage.model import (
     CLASSES,
     GPU_SIGNALS,
     Batch,
+    EngineSample,
     Event,
     GpuInfo,
     GpuSample,
@@ -30,7 +31,10 @@ from infersight.storage.model import (
 from infersight.web import metrics as web_metrics
 from infersight.web.app import create_app
 
-ALLOWED_LABELS = {"host", "gpu", "uuid", "class", "collector", "component", "kind", "name", "version", "outcome"}
+ALLOWED_LABELS = {"host", "gpu", "uuid", "class", "collector", "component", "kind", "name", "version", "outcome",
+                  "endpoint"}
+ENGINE_A, ENGINE_B = "http://127.0.0.1:8000/metrics", "http://127.0.0.1:8001/metrics"
+H100_BF16 = 989.5e12
 UNIT_SUFFIXES = ("_ratio", "_bytes", "_bytes_per_second", "_watts", "_hertz", "_celsius", "_seconds", "_joules",
                  "_errors", "_pages", "_reasons", "_info", "_success", "_no_data", "_batches", "_up", "_healthy",
                  "_pushes", "_class")
@@ -87,6 +91,22 @@ def gpu_batch(now: float) -> Batch:
     return b
 
 
+def engine_samples(now: float) -> list[EngineSample]:
+    """Two engines' per-GPU estimates and scrape latencies: A at 30% MFU and 50% MBU of an H100
+    SXM in its newest scrape (an older one and a stale one must not count), B less busy."""
+    def sample(t, endpoint, signal, v):
+        return EngineSample(t, endpoint, "vllm", "m", signal, v)
+    out = []
+    for t, flops in ((now - 600.0, 0.9), (now - 3.0, 0.1), (now - 1.0, 0.3)):
+        out += [sample(t, ENGINE_A, "flops_per_gpu_per_s", flops * H100_BF16),
+                sample(t, ENGINE_A, "read_bytes_per_gpu_per_s", 1.0e12),
+                sample(t, ENGINE_A, "write_bytes_per_gpu_per_s", 0.675e12),
+                sample(t, ENGINE_A, "scrape_latency_seconds", 1.2 if t == now - 1.0 else 0.01)]
+    out += [sample(now - 1.5, ENGINE_B, "flops_per_gpu_per_s", 0.2 * H100_BF16),
+            sample(now - 1.5, ENGINE_B, "scrape_latency_seconds", 0.004)]
+    return out
+
+
 def windows(gpu: int, start: float, classes: list[str], features: dict | None = None) -> list[Window]:
     return [Window(start + i, start + i + 1, gpu, k, dict(features or {})) for i, k in enumerate(classes)]
 
@@ -101,6 +121,7 @@ async def setup(store, aiohttp_client):
     b.windows += windows(1, now - 40, ["memory_bound"] * 30)
     b.targets.append(Target("testhost", 4242, 1.0, "python -m vllm", "engine_core", (0,)))
     b.sampling_stats += [SamplingStat(int(now) - 30 + i, 4242, 1.0, 20, 1) for i in range(5)]
+    b.engine_samples += engine_samples(now)
     store.submit(b)
     store.flush()
     await store.write(q_events.upsert_events, [Event("gap-1", "cpu_gpu_gap", now - 25, now - 20, HOST, 0),
@@ -313,3 +334,39 @@ async def test_a_gpu_written_after_a_scrape_of_the_same_step_is_counted(setup):
     assert stall(after, 0) == 4 and stall(after, 1) == 14
     assert value(after, "infersight_gpu_class_seconds_total", **gpu(3), **{"class": "idle"}) == 14
     assert value(after, "infersight_gpu_gap_seconds_total", **gpu(1)) == 14
+
+
+async def test_engine_mfu_mbu_and_scrape_latency(setup):
+    client, _, _ = setup
+    text, samples = await scrape(client)
+    for index in (0, 1):   # no engine-to-GPU mapping: each GPU gets the busiest engine's figure
+        assert value(samples, "infersight_engine_mfu_ratio", **gpu(index)) == pytest.approx(0.3)
+        assert value(samples, "infersight_engine_mbu_ratio", **gpu(index)) == pytest.approx(1.675e12 / 3.35e12)
+    assert value(samples, "infersight_engine_scrape_latency_seconds", endpoint=ENGINE_A) == pytest.approx(1.2)
+    assert value(samples, "infersight_engine_scrape_latency_seconds", endpoint=ENGINE_B) == pytest.approx(0.004)
+    # next to the measured DRAM bandwidth, in the same GPU label set
+    assert value(samples, "infersight_gpu_dram_bandwidth_utilization_ratio", **gpu(1)) == pytest.approx(0.901)
+    assert "# TYPE infersight_engine_mfu_ratio gauge" in text
+
+
+async def test_no_engine_figures_without_a_known_peak_or_recent_data(tmp_path, aiohttp_client):
+    from infersight.storage.store import Store
+
+    store = Store.open(str(tmp_path / "s.duckdb"), host=HOST)
+    now = time.time()
+    b = Batch("t", now, gpu_info=[GpuInfo(0, "GPU-x", "NVIDIA Imaginary 1", peak_dram_bw_bytes_s=2e12)],
+              gpu_samples=[GpuSample(now - 1, 0, {"util_gpu": 50.0})])
+    b.engine_samples += [EngineSample(now - 1, ENGINE_A, "vllm", "m", "flops_per_gpu_per_s", 1e14),
+                         EngineSample(now - 1, ENGINE_A, "vllm", "m", "read_bytes_per_gpu_per_s", 1e12),
+                         EngineSample(now - 900, ENGINE_B, "vllm", "m", "scrape_latency_seconds", 3.0)]
+    store.submit(b)
+    store.flush()
+    try:
+        client = await aiohttp_client(create_app(with_overrides(Config(), **{"agent.host": HOST}), store))
+        _, samples = await scrape(client)
+    finally:
+        store.close()
+    # an unknown model: no MFU, never a guess; its MBU uses NVML's bandwidth figure
+    assert not [k for k in samples if k[0] == "infersight_engine_mfu_ratio"]
+    assert value(samples, "infersight_engine_mbu_ratio", gpu="0", uuid="GPU-x") == pytest.approx(0.5)
+    assert not [k for k in samples if k[0] == "infersight_engine_scrape_latency_seconds"]   # 15 min old: stale

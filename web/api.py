@@ -10,6 +10,7 @@ from aiohttp import web
 from infersight.storage import events as q_events
 from infersight.storage import render, series, stacks
 from infersight.storage.model import GPU_SIGNALS
+from infersight.web import engine_roof
 from infersight.web import params as p
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
 from infersight.web.responses import json_response
@@ -123,6 +124,7 @@ async def signals(request: web.Request) -> web.Response:
     engine_units = _engine_signal_units()
     present = await _store(request).read(series.engine_signals_present)
     out = [{"signal": k, "unit": v, "kind": "gpu"} for k, v in GPU_SIGNALS.items()]
+    out += [{"signal": k, "unit": "ratio", "kind": "gpu"} for k in engine_roof.SIGNALS]
     for name in sorted(set(engine_units) | set(present)):
         out.append({"signal": name, "unit": engine_units.get(name, _unit_guess(name)), "kind": "engine"})
     out += [{"signal": k, "unit": v[1], "kind": "host"} for k, v in series.HOST_SIGNALS.items()]
@@ -151,6 +153,9 @@ async def series_route(request: web.Request) -> web.Response:
     if (t_to - t_from) / step > series.MAX_POINTS:
         raise p.BadParam("step", f"too small for this range (at most {series.MAX_POINTS} points)")
     store = _store(request)
+    if signal in engine_roof.SIGNALS:
+        gpu = p.integer(request, "gpu", 0, lo=0, hi=1024)
+        return json_response(await engine_roof.series_body(store, signal, gpu, t_from, t_to, step))
     if signal in GPU_SIGNALS:
         gpu = p.integer(request, "gpu", 0, lo=0, hi=1024)
         points = await store.read(series.gpu_series, signal, gpu, t_from, t_to, step)

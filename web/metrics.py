@@ -8,14 +8,20 @@ request. Nothing global is registered, so several apps in one process (tests) ne
 Names follow the Prometheus conventions: base units in the name (``_seconds``, ``_bytes``,
 ``_watts``, ``_celsius``, ``_hertz``, ``_ratio`` for 0-1 shares), ``_total`` on counters.
 Labels are bounded: ``host``, ``gpu`` and ``uuid``, ``class`` (the seven classes),
-``collector`` and ``component`` (fixed by code), ``kind`` (event kinds). Never PIDs, thread or
-frame names.
+``collector`` and ``component`` (fixed by code), ``kind`` (event kinds), ``endpoint`` (an
+engine's /metrics URL: the configured and discovered ones). Never PIDs, thread or frame names.
+
+Engine-derived figures sit next to the GPU's own: ``infersight_engine_mfu_ratio`` and
+``infersight_engine_mbu_ratio`` per GPU (the engine's estimate of its FLOPs and bytes per GPU
+over the model's peaks, web/engine_roof.py) beside GPM's DRAM bandwidth utilization, and
+``infersight_engine_scrape_latency_seconds`` per endpoint (the API server's lag).
 """
 from __future__ import annotations
 
 import asyncio
 import importlib.metadata
 import time
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from aiohttp import web
@@ -24,7 +30,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from infersight.storage import metrics_queries as mq
+from infersight.storage import series
 from infersight.storage.model import CLASSES
+from infersight.web import engine_roof
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
 
 # GPU signal -> (metric name, "gauge" | "counter", factor to the base unit, help)
@@ -66,6 +74,20 @@ GPU_METRICS: dict[str, tuple[str, str, float, str]] = {
 }
 
 GPU_LABELS = ("host", "gpu", "uuid")
+# engine signals read for /metrics: the MFU/MBU numerators and the scrape latency
+ENGINE_LATEST = tuple(sorted({s for parts in engine_roof.SIGNALS.values() for s in parts} | {"scrape_latency_seconds"}))
+
+
+@dataclass
+class EngineSnapshot:
+    """What /metrics reads of the engine data: GPU facts (series.gpus) and the newest values."""
+
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+    latest: list[tuple[str, str, float, float]] = field(default_factory=list)
+
+
+def _engine_snapshot(cur, now: float) -> EngineSnapshot:
+    return EngineSnapshot(series.gpus(cur), series.engine_latest(cur, ENGINE_LATEST, now - mq.LATEST_HORIZON_S))
 
 
 class MetricsState:
@@ -89,11 +111,14 @@ def _version() -> str:
 class AgentCollector:
     """A prometheus_client custom collector over one snapshot; ``collect()`` yields families."""
 
-    def __init__(self, host: str, db: mq.DbSnapshot, agent: Any, store: Any) -> None:
+    def __init__(self, host: str, db: mq.DbSnapshot, agent: Any, store: Any,
+                 engine: EngineSnapshot | None = None) -> None:
         self.host, self.db, self.agent, self.store = host, db, agent, store
+        self.engine = engine or EngineSnapshot()
 
     def collect(self) -> Iterator[Metric]:
         yield from self._gpu()
+        yield from self._engine()
         yield from self._classes()
         yield from self._collectors()
         yield from self._storage()
@@ -125,6 +150,31 @@ class AgentCollector:
         for gpu, facts in sorted(self.db.gpus.items()):
             info.add_metric(self._gpu_labels(gpu) + [facts.get("name") or ""], 1.0)
         yield info
+
+    def _engine(self) -> Iterator[Metric]:
+        docs = {
+            "engine_mfu": ("infersight_engine_mfu_ratio", "Model FLOPs utilization: the engine's own estimate of "
+                           "its FLOP/s per GPU (vLLM/SGLang estimated_flops_per_gpu, newest scrape, busiest engine) "
+                           "over the GPU model's bf16 dense datasheet peak"),
+            "engine_mbu": ("infersight_engine_mbu_ratio", "Memory bandwidth utilization: the engine's own estimate "
+                           "of bytes read and written per GPU per second over the GPU's peak DRAM bandwidth; "
+                           "compare with infersight_gpu_dram_bandwidth_utilization_ratio (measured)"),
+        }
+        ratios = engine_roof.latest_ratios(self.engine.gpus, self.engine.latest)
+        for signal, (name, doc) in docs.items():
+            family = GaugeMetricFamily(name, doc, labels=GPU_LABELS)
+            for gpu, value in sorted(ratios.get(signal, {}).items()):
+                family.add_metric(self._gpu_labels(gpu), value)
+            if family.samples:
+                yield family
+        latency = GaugeMetricFamily("infersight_engine_scrape_latency_seconds", "Time from the agent's request to "
+                                    "the first byte of the engine's /metrics answer, newest scrape: the engine API "
+                                    "server's event-loop lag", labels=("host", "endpoint"))
+        for url, signal, _, value in self.engine.latest:
+            if signal == "scrape_latency_seconds":
+                latency.add_metric([self.host, url], value)
+        if latency.samples:
+            yield latency
 
     def _classes(self) -> Iterator[Metric]:
         labels = GPU_LABELS + ("class",)
@@ -269,10 +319,12 @@ def _gauge(name: str, doc: str, host: str, value: float) -> Metric:
 async def metrics(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     state = request.app[METRICS_STATE_KEY]
+    now = time.time()
     async with state.lock:
-        db = await store.read(mq.snapshot, time.time(), state.counters)
+        db = await store.read(mq.snapshot, now, state.counters)
+    engine = await store.read(_engine_snapshot, now)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(request.app[CONFIG_KEY].host, db, request.app[AGENT_KEY], store))
+    registry.register(AgentCollector(request.app[CONFIG_KEY].host, db, request.app[AGENT_KEY], store, engine))
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
 
 
