@@ -1,12 +1,14 @@
 """Engine signals per second for a chosen set of endpoints (the engines serving one GPU).
 
 The same aggregation as ``analysis.engine_seconds`` (sum over endpoints and models, max for
-ratios and quantiles), restricted to endpoints by URL: ``include`` (None = every endpoint)
-and ``exclude``.
+the signals that are not amounts: series.NOT_SUMMED_SQL), restricted to endpoints by URL:
+``include`` (None = every endpoint) and ``exclude``.
 """
 from __future__ import annotations
 
 from typing import Iterable
+
+from infersight.storage.series import NOT_SUMMED_SQL
 
 
 def engine_seconds(cur, t_from: float, t_to: float, include: Iterable[str] | None = None,
@@ -14,9 +16,8 @@ def engine_seconds(cur, t_from: float, t_to: float, include: Iterable[str] | Non
     """sec -> signal -> value over the endpoints chosen (see the module docstring)."""
     inc = None if include is None else sorted(set(include))
     exc = sorted(set(exclude))
-    rows = cur.execute("""
-        SELECT sec, signal, CASE WHEN signal IN ('kv_cache_usage') OR signal LIKE '%\\_p__' ESCAPE '\\'
-                                 THEN max(v) ELSE sum(v) END
+    rows = cur.execute(f"""
+        SELECT sec, signal, CASE WHEN {NOT_SUMMED_SQL} THEN max(v) ELSE sum(v) END
         FROM (SELECT floor(s.t)::BIGINT sec, s.signal, s.endpoint, s.model, avg(s.value) v
               FROM engine_samples s JOIN endpoints e ON e.id = s.endpoint
               WHERE s.t >= ? AND s.t < ? AND NOT isnan(s.value)
