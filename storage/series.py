@@ -71,13 +71,18 @@ def engine_series(cur, signal: str, t_from: float, t_to: float, step: float,
     return _engine_binned(cur, rows, params, "sum" if summed(signal) else "max", t_from, step)
 
 
-def engine_per_gpu_series(cur, signals: tuple[str, ...], t_from: float, t_to: float,
-                          step: float) -> list[list[float]]:
+def engine_per_gpu_series(cur, signals: tuple[str, ...], t_from: float, t_to: float, step: float,
+                          include: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()) -> list[list[float]]:
     """The sum of per-GPU engine ``signals`` (read + write bytes) per endpoint, model and sample
-    time, binned, the busiest endpoint's per bin: the numerator of MFU or MBU."""
-    rows = ("SELECT t, endpoint, model, sum(value) AS v FROM engine_samples "
-            "WHERE list_contains(?, signal) AND t >= ? AND t < ? AND NOT isnan(value) GROUP BY 1, 2, 3")
-    return _engine_binned(cur, rows, [list(signals), t_from, t_to], "max", t_from, step)
+    time, binned, the busiest endpoint's per bin: the numerator of MFU or MBU. Only endpoints
+    (URLs) in ``include`` (None: all) and not in ``exclude`` count."""
+    rows = ("SELECT s.t, s.endpoint, s.model, sum(s.value) AS v FROM engine_samples s "
+            "JOIN endpoints e ON e.id = s.endpoint "
+            "WHERE list_contains(?, s.signal) AND s.t >= ? AND s.t < ? AND NOT isnan(s.value) "
+            "AND (?::VARCHAR[] IS NULL OR list_contains(?::VARCHAR[], e.url)) AND NOT list_contains(?::VARCHAR[], e.url) "
+            "GROUP BY 1, 2, 3")
+    inc = None if include is None else list(include)
+    return _engine_binned(cur, rows, [list(signals), t_from, t_to, inc, inc, list(exclude)], "max", t_from, step)
 
 
 def _engine_binned(cur, rows: str, params: list, agg: str, t_from: float, step: float) -> list[list[float]]:

@@ -370,3 +370,27 @@ async def test_no_engine_figures_without_a_known_peak_or_recent_data(tmp_path, a
     assert not [k for k in samples if k[0] == "infersight_engine_mfu_ratio"]
     assert value(samples, "infersight_engine_mbu_ratio", gpu="0", uuid="GPU-x") == pytest.approx(0.5)
     assert not [k for k in samples if k[0] == "infersight_engine_scrape_latency_seconds"]   # 15 min old: stale
+
+
+async def test_engine_figures_follow_the_endpoint_to_gpu_map(store, aiohttp_client):
+    """With the daemon's endpoint -> GPU map (the analysis holds it), each GPU gets its own
+    engine's figures: A serves GPU 0, B serves GPU 1."""
+    from infersight.daemon.analysis.analyzer import Analyzer
+
+    now = time.time()
+    config = with_overrides(Config(), **{"agent.host": HOST})
+    store.submit(gpu_batch(now))
+    store.submit(Batch("engines", now, engine_samples=engine_samples(now)))
+    store.flush()
+    analysis = Analyzer(config, store)
+    analysis.engine_map = {ENGINE_A: (0,), ENGINE_B: (1,)}
+    agent = Agent(config, store, Runner([], store.submit), extras={"analysis": analysis})
+    client = await aiohttp_client(create_app(config, store, agent=agent))
+    _, samples = await scrape(client)
+    assert value(samples, "infersight_engine_mfu_ratio", **gpu(0)) == pytest.approx(0.3)
+    assert value(samples, "infersight_engine_mfu_ratio", **gpu(1)) == pytest.approx(0.2)
+    assert value(samples, "infersight_engine_mbu_ratio", **gpu(0)) == pytest.approx(0.5)
+    assert value(samples, "infersight_engine_mbu_ratio", **gpu(1)) is None     # B exports no byte counts
+    resp = await client.get("/api/series", params={"signal": "engine_mfu", "gpu": "1", "from": str(now - 5),
+                                                   "to": str(now), "step": "5"})
+    assert [v for _, v in (await resp.json())["points"]] == [pytest.approx(0.2)]

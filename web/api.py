@@ -155,7 +155,8 @@ async def series_route(request: web.Request) -> web.Response:
     store = _store(request)
     if signal in engine_roof.SIGNALS:
         gpu = p.integer(request, "gpu", 0, lo=0, hi=1024)
-        return json_response(await engine_roof.series_body(store, signal, gpu, t_from, t_to, step))
+        return json_response(await engine_roof.series_body(store, signal, gpu, t_from, t_to, step,
+                                                           engine_roof.endpoint_map(request.app[AGENT_KEY])))
     if signal in GPU_SIGNALS:
         gpu = p.integer(request, "gpu", 0, lo=0, hi=1024)
         points = await store.read(series.gpu_series, signal, gpu, t_from, t_to, step)

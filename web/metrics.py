@@ -160,7 +160,7 @@ class AgentCollector:
                            "of bytes read and written per GPU per second over the GPU's peak DRAM bandwidth; "
                            "compare with infersight_gpu_dram_bandwidth_utilization_ratio (measured)"),
         }
-        ratios = engine_roof.latest_ratios(self.engine.gpus, self.engine.latest)
+        ratios = engine_roof.latest_ratios(self.engine.gpus, self.engine.latest, engine_roof.endpoint_map(self.agent))
         for signal, (name, doc) in docs.items():
             family = GaugeMetricFamily(name, doc, labels=GPU_LABELS)
             for gpu, value in sorted(ratios.get(signal, {}).items()):
