@@ -1,7 +1,10 @@
 """Replay of a recording's engine scrapes through the live collector's parser and normalizer.
 
 A recording's ``engine_metrics.jsonl.gz`` holds one JSON line per scrape: ``{"t", "text"}``
-(raw exposition) or ``{"t", "error"}`` (the recorder's failed scrape). :func:`replay_engine_lines`
+(raw exposition) or ``{"t", "error"}`` (the recorder's failed scrape), with ``latency_s`` where
+the recorder timed the scrape (bench/real_engine/record.py: ``t`` is when it asked). As live,
+a timed scrape's records are stamped when the answer came (``t + latency_s``) and the latency
+is the ``scrape_latency_seconds`` signal. :func:`replay_engine_lines`
 turns those lines into the same records the live :class:`~.collectors.engines.EngineCollector`
 would have produced at those times, one :class:`~.model.Batch` per scrape, with the
 recording's ``t`` as the clock. It is pure: no I/O, no wall clock.
@@ -14,7 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from infersight.daemon.engines.ingest import EndpointIngest
-from infersight.storage.model import Batch
+from infersight.storage.model import Batch, EngineSample
 
 COLLECTOR = "engines"
 
@@ -41,6 +44,11 @@ def replay_engine_lines(lines: Iterable[str | bytes], *, endpoint: str = "replay
         except (ValueError, TypeError, KeyError):
             pending.append(f"{endpoint}: recording line {number}: not a scrape record")
             continue
+        latency = record.get("latency_s")
+        if isinstance(latency, (int, float)) and not isinstance(latency, bool) and 0 <= latency < 3600:
+            t += latency
+        else:
+            latency = None
         last_t = t
         batch = Batch(collector=COLLECTOR, t=t, errors=pending)
         pending = []
@@ -55,6 +63,9 @@ def replay_engine_lines(lines: Iterable[str | bytes], *, endpoint: str = "replay
         elif result.bad_lines:
             batch.errors.append(f"{endpoint}: {result.bad_lines} unreadable lines (first: {result.bad_line_examples[0]})")
         batch.engine_samples = result.engine_samples
+        if latency is not None and result.readable:
+            batch.engine_samples.append(EngineSample(t, endpoint, result.engines[0] if result.engines else "", "",
+                                                     "scrape_latency_seconds", float(latency)))
         batch.histogram_deltas = result.histogram_deltas
         if keep_raw:
             batch.raw_series = result.raw_series
