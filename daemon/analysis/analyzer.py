@@ -78,9 +78,12 @@ class Analyzer:
 
     # -- daemon component ---------------------------------------------------------------------
     async def tick(self) -> None:
-        try:
-            if self.endpoint_gpus is not None:
+        if self.endpoint_gpus is not None:
+            try:
                 self.engine_map = dict(await self.endpoint_gpus())
+            except Exception as exc:  # the map is a refinement: without it GPUs keep the last one
+                log.warning("event=engine_gpu_map_failed error=%s", kv(f"{type(exc).__name__}: {exc}"))
+        try:
             events = await asyncio.to_thread(self.step, self.clock())
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
