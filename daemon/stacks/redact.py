@@ -50,6 +50,8 @@ _PAIR = re.compile(r"""(?<![\w.?&-])([A-Za-z_][\w.-]*)=(?:(["'])(.*?)(?<!\\)\2|(
 _QUOTED_PAIR = re.compile(r"""(["'])([A-Za-z_][\w.-]*)\1(\s*:\s*)(["'])(.*?)(?<!\\)\4""")
 _URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/\s@?#]+)@")
 _AUTH_HEADER = re.compile(r"(?i)\b(authorization\s*:\s*(?:bearer|basic|token)\s+)(\S+)")
+# every rule below needs one of these; most arguments have none and are returned at once
+_MAYBE = re.compile(r"[=@: ]|hf_|sk-|gh[pousr]_|github_pat_|xox|AKIA|ASIA|glpat-")
 _TOKENS = re.compile(
     r"\b(?:hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,}"
     r"|xox[abposr]-[A-Za-z0-9-]{10,}|(?:AKIA|ASIA)[A-Z0-9]{16}|glpat-[A-Za-z0-9_-]{20,})\b")
@@ -87,6 +89,8 @@ def redact_text(text: str) -> str:
     """One string (an argument, or a whole command line already joined) with every
     secret-looking value inside it masked; the ``--NAME VALUE`` two-argument form is split on
     blanks here, so a joined command line is handled too."""
+    if not _MAYBE.search(text):
+        return text
     text = _URL_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@", text)
     text = _AUTH_HEADER.sub(lambda m: m.group(1) + MASK, text)
     text = _QUOTED_PAIR.sub(
