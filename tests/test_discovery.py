@@ -44,6 +44,7 @@ def _config(tag: str, **kw) -> TargetsConfig:
     ("VLLM::Worker_TP0", True, True, "worker"),
     ("VLLM::Worker_DP0_PP1_TP3", True, True, "worker"),
     ("VllmWorker TP1", True, False, "worker"),
+    ("myco::Worker_TP2", True, False, "worker"),                  # VLLM_PROCESS_NAME_PREFIX=myco
     ("/opt/venv/bin/python3 -m vllm.model_executor.models.registry", False, False, "helper"),
     ("/opt/venv/bin/python3 /opt/venv/lib/python3.12/site-packages/vllm/distributed/device_communicators/"
      "all_reduce_utils.py", True, False, "helper"),

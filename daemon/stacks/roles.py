@@ -54,7 +54,8 @@ _ROLES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("engine_core", re.compile(r"EngineCore|sglang::scheduler|sglang\.srt\.managers\.scheduler")),
     ("api_server", re.compile(r"vllm serve|vllm[./]entrypoints|APIServer|sglang[./ ]launch_server|trtllm-serve"
                               r"|(?:^|/)tritonserver(?: |$)")),
-    ("worker", re.compile(r"VllmWorker|VLLM::Worker|RayWorkerWrapper|text[-_]generation[-_]server"
+    # "::Worker": vLLM titles carry VLLM_PROCESS_NAME_PREFIX, "VLLM" unless the operator set another
+    ("worker", re.compile(r"VllmWorker|::Worker\b|RayWorkerWrapper|text[-_]generation[-_]server"
                           r"|triton_python_backend_stub|sglang::.*worker|mpi4py")),
 )
 
