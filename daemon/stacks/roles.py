@@ -55,7 +55,7 @@ _ROLES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("api_server", re.compile(r"vllm serve|vllm[./]entrypoints|APIServer|sglang[./ ]launch_server|trtllm-serve"
                               r"|(?:^|/)tritonserver(?: |$)")),
     # "::Worker": vLLM titles carry VLLM_PROCESS_NAME_PREFIX, "VLLM" unless the operator set another
-    ("worker", re.compile(r"VllmWorker|::Worker\b|RayWorkerWrapper|text[-_]generation[-_]server"
+    ("worker", re.compile(r"VllmWorker|::Worker(?![a-z])|RayWorkerWrapper|text[-_]generation[-_]server"
                           r"|triton_python_backend_stub|sglang::.*worker|mpi4py")),
 )
 
