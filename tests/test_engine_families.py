@@ -213,8 +213,9 @@ def test_real_vllm_scrape_prefix_cache_and_step_histogram():
     assert got["prefix_cache_queries_per_s"] == pytest.approx(200.0)
     assert got["prefix_cache_hit_ratio"] == pytest.approx(0.25)
     assert got["steps_per_s"] == pytest.approx(10.0)
-    # every bucket grew by 20: all 20 steps are in the first bucket (at most 1 token)
-    assert got["iteration_tokens_p50"] == pytest.approx(0.5)
+    # every bucket grew by 20: all 20 steps are in the first bucket, one token each (a step
+    # has at least one: the bucket is not read as spanning 0 to 1)
+    assert got["iteration_tokens_p50"] == 1.0
     # this vLLM predates the FLOP counters and the waiting split: no invented values
     assert not {"flops_per_gpu_per_s", "requests_waiting_capacity"} & set(got)
 
@@ -237,3 +238,14 @@ def test_real_trtllm_scrape_has_none_of_the_new_families():
     ingest.ingest(0.0, text)
     got = {s.signal for s in ingest.ingest(1.0, text).engine_samples}
     assert not got & {"flops_per_gpu_per_s", "steps_per_s", "prefix_cache_hit_ratio", "requests_waiting_capacity"}
+
+
+def test_flop_counters_at_zero_mean_not_counting_until_they_move():
+    """Without --enable-mfu-metrics vLLM 0.24 exports the estimates at 0 forever: no MFU of 0."""
+    norm = EngineNormalizer("ep", 10.0)
+    outs = [norm.update(t, parse(vllm_024(flops=f, steps=s))) for t, f, s in
+            ((0.0, 0.0, 0), (1.0, 0.0, 500), (2.0, 3e14, 900), (3.0, 3e14, 900))]
+    flops = [[s.value for s in o.engine_samples if s.signal == "flops_per_gpu_per_s"] for o in outs]
+    assert flops == [[], [], [pytest.approx(3e14)], [0.0]]     # idle once counting: a true 0
+    assert outs[1].off == ["flops_per_gpu_per_s", "read_bytes_per_gpu_per_s", "write_bytes_per_gpu_per_s"]
+    assert outs[2].off == ["read_bytes_per_gpu_per_s", "write_bytes_per_gpu_per_s"]

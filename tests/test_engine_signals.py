@@ -180,6 +180,9 @@ def test_quantile_function():
     assert eh.quantile(0.5, bounds, counts) == pytest.approx(0.1 + 0.4 * 15 / 20)
     assert eh.quantile(0.99, bounds, counts) == 1.0            # in +Inf: the largest finite bound
     assert eh.quantile(0.5, bounds, (0.0, 0.0, 0.0, 0.0)) is None
+    # counts of things (tokens per step) start at 1: the bucket le=1 holds only ones
+    assert eh.quantile(0.5, (1.0, 8.0, math.inf), (10.0, 10.0, 10.0), lowest=1.0) == 1.0
+    assert eh.quantile(0.5, (1.0, 8.0, math.inf), (0.0, 10.0, 10.0), lowest=1.0) == pytest.approx(4.5)
 
 
 def test_every_signal_has_a_unit():

@@ -76,6 +76,7 @@ class _Endpoint:
     scrapes_failed: int = 0
     scrapes_late: int = 0                         # answered after the run that started them ended
     last_latency_s: float | None = None           # time to the first byte of the last answer
+    counters_off: list[str] = field(default_factory=list)   # opt-in signals exported but not counting
     task: asyncio.Task | None = None              # the scrape in flight
     task_run: int = 0                             # the run that started it
 
@@ -266,6 +267,10 @@ class EngineCollector:
         ep.consecutive_failures = 0
         ep.scrapes_ok += 1
         ep.engines, ep.models = result.engines, result.models
+        if result.off and not ep.counters_off:
+            log.info("event=engine_counters_off url=%s signals=%s hint=%r", ep.url, ",".join(result.off),
+                     "vLLM and SGLang count FLOPs and bytes (MFU, MBU) only when started with --enable-mfu-metrics")
+        ep.counters_off = list(result.off)
         ep.samples, ep.series = result.samples, len(result.raw_series)
         ep.bad_lines = result.bad_lines
         ep.bad_lines_total += result.bad_lines
@@ -321,7 +326,9 @@ class EngineCollector:
         guard at the last scrape, ``series_dropped_total`` since start; ``bad_lines`` is the last
         scrape's count of unreadable lines; ``last_latency_s`` the seconds from the request to
         the first byte of the last answer; ``scrapes_late`` the answers that came after the run
-        that asked for them had ended (kept, not lost); ``in_flight`` whether a scrape is running.
+        that asked for them had ended (kept, not lost); ``in_flight`` whether a scrape is running;
+        ``counters_off`` the opt-in signals the engine exports without counting them (vLLM's
+        FLOP and byte estimates without ``--enable-mfu-metrics``).
         """
         out = []
         for ep in self._endpoints.values():
@@ -353,6 +360,7 @@ class EngineCollector:
                 "scrapes_late": ep.scrapes_late,
                 "last_latency_s": None if ep.last_latency_s is None else round(ep.last_latency_s, 6),
                 "in_flight": ep.task is not None,
+                "counters_off": list(ep.counters_off),
             })
         return out
 

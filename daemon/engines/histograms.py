@@ -77,18 +77,19 @@ def delta(prev: Buckets | None, cur: Buckets, reset: bool = False) -> tuple[floa
     return tuple(c - p for c, p in zip(cc, pc))
 
 
-def quantile(q: float, bounds: tuple[float, ...], counts: tuple[float, ...]) -> float | None:
+def quantile(q: float, bounds: tuple[float, ...], counts: tuple[float, ...], lowest: float = 0.0) -> float | None:
     """The q-quantile (0..1) of cumulative ``counts``, None when there are no observations.
 
     Linear interpolation inside the bucket where the rank falls, the first bucket starting at
-    0 (latencies are not negative); a rank in the ``+Inf`` bucket gives the largest finite
-    bound, as Prometheus's ``histogram_quantile`` does.
+    ``lowest`` (0: latencies are not negative; 1 for tokens per engine step, so a bucket
+    ``le=1`` of one-token steps reads 1, not 0.5); a rank in the ``+Inf`` bucket gives the
+    largest finite bound, as Prometheus's ``histogram_quantile`` does.
     """
     total = counts[-1] if counts else 0.0
     if not total > 0:
         return None
     rank = q * total
-    lower_bound, lower_count = 0.0, 0.0
+    lower_bound, lower_count = lowest, 0.0
     for bound, count in zip(bounds, counts):
         if count >= rank and count > lower_count:
             if bound == math.inf:

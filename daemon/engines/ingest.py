@@ -31,6 +31,7 @@ class Ingested:
     bad_line_examples: list[str] = field(default_factory=list)
     series_dropped: int = 0
     readable: bool = True
+    off: list[str] = field(default_factory=list)    # opt-in signals exported but not counting
 
 
 class SeriesGuard:
@@ -101,6 +102,7 @@ class EndpointIngest:
         out.histogram_deltas = normalized.histogram_deltas
         out.engines = normalized.engines
         out.models = normalized.models
+        out.off = normalized.off
         ep = self.endpoint
         out.raw_series = [RawSeriesSample(t, ep, s.name, s.labels, s.value) for s in self.guard.admit(exp.samples)]
         out.series_dropped = self.guard.dropped_last

@@ -46,6 +46,8 @@ HISTOGRAM_UNITS = {"ttft_seconds": "seconds", "itl_seconds": "seconds", "e2e_sec
                    "prefill_time_seconds": "seconds", "decode_time_seconds": "seconds",
                    "iteration_tokens": "tokens"}
 HISTOGRAM_SIGNALS = tuple(HISTOGRAM_UNITS)
+# the smallest value a histogram's observations can take, where it is not 0 (a step has a token)
+HISTOGRAM_LOWEST = {"iteration_tokens": 1.0}
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
 # derived ratio -> (numerator, denominator): rates of one scrape interval, per engine and model
 RATIOS = {"prefix_cache_hit_ratio": ("prefix_cache_hits_per_s", "prefix_cache_queries_per_s")}
@@ -74,6 +76,9 @@ ENGINE_SIGNALS: dict[str, str] = {
 # Gauges combined by maximum across series rather than summed.
 MAX_GAUGES = frozenset({"kv_cache_usage", "prefix_cache_hit_ratio"})
 # Per-GPU counters: the engine's data-parallel series are averaged (the mean GPU), not summed.
+# They are also opt-in: vLLM 0.24 always exports them but counts only with --enable-mfu-metrics
+# (observability_config.enable_mfu_metrics; SGLang likewise), so while every series of a model
+# still reads 0 they say "not counting", not "no work": no rate is given (see Normalized.off).
 MEAN_COUNTERS = frozenset({"flops_per_gpu_per_s", "read_bytes_per_gpu_per_s", "write_bytes_per_gpu_per_s"})
 
 Labels = tuple[tuple[str, str], ...]
@@ -88,6 +93,7 @@ class Normalized:
     histogram_deltas: list[HistogramDelta] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)
     models: list[str] = field(default_factory=list)
+    off: list[str] = field(default_factory=list)    # opt-in signals exported but not counting (all 0)
 
 
 class EngineNormalizer:
@@ -133,11 +139,17 @@ class EngineNormalizer:
         for source in sources:
             per_model: dict[str, list[tuple[Labels, float]]] = {}
             seen: set[tuple[str, Labels]] = set()
-            for sample in _matching(scrape.by_name, source):
+            samples = _matching(scrape.by_name, source)
+            counting = {model_of(x.labels) for x in samples if x.value != 0} if signal in MEAN_COUNTERS else None
+            for sample in samples:
                 value = self._counter_delta(sample, scrape, seen) if source.kind == COUNTER else sample.value
                 model = model_of(sample.labels)
                 models.add(model)
                 present.add((signal, model))
+                if counting is not None and model not in counting:
+                    if signal not in out.off:
+                        out.off.append(signal)
+                    value = None
                 if value is None or not math.isfinite(value) or model in done:
                     per_model.setdefault(model, [])  # present: later alternatives do not apply
                     continue
@@ -258,7 +270,7 @@ class EngineNormalizer:
         if totals is None:
             return
         for suffix, q in QUANTILES:
-            value = eh.quantile(q, *totals)
+            value = eh.quantile(q, *totals, lowest=HISTOGRAM_LOWEST.get(signal, 0.0))
             if value is not None:
                 out.engine_samples.append(EngineSample(t, self.endpoint, engine, model, f"{signal}_{suffix}", value))
 
