@@ -125,7 +125,8 @@ ENGINES: tuple[EngineSpec, ...] = (
         "ttft_seconds": (_h("vllm:time_to_first_token_seconds"),),
         "itl_seconds": (_h("vllm:inter_token_latency_seconds"), _h("vllm:time_per_output_token_seconds")),
         "e2e_seconds": (_h("vllm:e2e_request_latency_seconds"),),
-        # vLLM >= 0.24: the model's own estimate of its work per step, per GPU of the engine
+        # vLLM >= 0.24: the model's own estimate of its work per step, per GPU of the engine;
+        # always exported, counted only with --enable-mfu-metrics (0 otherwise: see signals.py)
         "flops_per_gpu_per_s": (_c("vllm:estimated_flops_per_gpu"),),
         "read_bytes_per_gpu_per_s": (_c("vllm:estimated_read_bytes_per_gpu"),),
         "write_bytes_per_gpu_per_s": (_c("vllm:estimated_write_bytes_per_gpu"),),
