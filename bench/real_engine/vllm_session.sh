@@ -22,7 +22,7 @@ PYSPY=/tmp/pyspy/bin/py-spy
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 
 serve_cmd() {  # MODEL_DIR -> the bash command that execs vllm serve
-  echo "source /tmp/site/vllm-env.sh && exec vllm serve $1 --load-format dummy --port $PORT --max-model-len 8192 --gpu-memory-utilization 0.80"
+  echo "source /tmp/site/vllm-env.sh && exec vllm serve $1 --load-format dummy --port $PORT --max-model-len 8192 --gpu-memory-utilization 0.80 --enable-mfu-metrics"
 }
 
 case "$MODE" in

@@ -90,7 +90,9 @@ def stack_batches(root: Path, target: Target, rel: str) -> Iterator[Batch]:
 def gpu_batches(root: Path, targets: dict[int, Target]) -> tuple[list[Batch], float, float]:
     path = root / "gpu.jsonl"
     if not path.exists():
-        raise RecordingError(f"{root}: no gpu.jsonl")
+        path = root / "gpu.jsonl.gz"
+    if not path.exists():
+        raise RecordingError(f"{root}: no gpu.jsonl or gpu.jsonl.gz")
     lines = list(_open_text(path))
     rec = parse_gpu_jsonl(lines)
     if not rec.samples:
