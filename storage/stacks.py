@@ -217,3 +217,8 @@ def sampling_coverage(cur, t_from: float, t_to: float) -> list[dict]:
         WHERE st.bucket >= ? AND st.bucket < ? GROUP BY 1, 2""", [int(t_from // 1), _ceil(t_to)]).fetchall()
     return [{"pid": r[0], "role": r[1], "seconds": r[2], "samples": int(r[3] or 0), "errors": int(r[4] or 0)}
             for r in rows]
+
+
+def paths(cur, leaves: list[int]) -> dict[int, tuple[FrameKey, ...]]:
+    """Leaf stack node id -> its frames, root first (through the bounded node cache)."""
+    return _CACHE.paths(cur, leaves)
