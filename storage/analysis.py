@@ -90,8 +90,9 @@ def stack_seconds(cur, t_from: float, t_to: float, wait_frames: list[int]) -> di
 
 
 def targets(cur) -> list[dict]:
-    rows = cur.execute("SELECT id, pid, role, gpus, cmdline, first_seen, last_seen, exited_at FROM targets").fetchall()
-    keys = ("id", "pid", "role", "gpus", "cmdline", "first_seen", "last_seen", "exited_at")
+    rows = cur.execute("SELECT id, pid, role, gpus, cmdline, first_seen, last_seen, exited_at, start_time "
+                       "FROM targets").fetchall()
+    keys = ("id", "pid", "role", "gpus", "cmdline", "first_seen", "last_seen", "exited_at", "start_time")
     return [dict(zip(keys, r)) for r in rows]
 
 
