@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Analysis classes (DESIGN.md contract).
-CLASSES = ("idle", "compute_bound", "memory_bound", "host_bound", "launch_bound", "stall", "unknown")
+CLASSES = ("idle", "compute_bound", "memory_bound", "latency_bound", "host_bound", "launch_bound", "stall",
+           "starting", "stopping", "unknown")
 # The classes in which the GPU waits on something other than its own work (a CPU-GPU gap).
 GAP_CLASSES = ("host_bound", "launch_bound", "stall")
 

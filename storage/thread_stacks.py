@@ -2,8 +2,7 @@
 
 The analysis reads these to tell which thread of which process was busy, whether its time
 went to its own code, to waiting on the GPU or to start-up work, and how its profile moved
-from one second to the next. Frames are (function, file) pairs, root first; lines are
-dropped because the analysis compares code, not lines.
+from one second to the next. Frames are (function, file, line), root first.
 """
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 
 from infersight.storage import stacks
 
-Frame = tuple[str, str]     # (function, file)
+Frame = tuple[str, str, int]     # (function, file, line)
 
 
 @dataclass
@@ -46,7 +45,7 @@ def thread_seconds(cur, t_from: float, t_to: float, pids: list[int]) -> dict[int
         if ts is None:
             ts = by_key[(sec, pid, tid)] = ThreadSecond(int(pid), int(tid), name)
         if active:
-            path = tuple((fn, file) for fn, file, _ in paths.get(stack, ()))
+            path = tuple(paths.get(stack, ()))
             ts.active[path] = ts.active.get(path, 0) + int(count)
         else:
             ts.idle += int(count)

@@ -41,7 +41,7 @@ def report(root: Path, lines: list[dict]) -> None:
     t_first = labels[0]["t0"]
     for e in events:
         frames = "; ".join(f"{f.get('frame', '')[:60]} {f.get('share', 0):.0%}" for f in (e.get("top_frames") or [])[:3])
-        who = e.get("culprit") or {}
+        who = (e.get("evidence") or {}).get("culprit") or {}
         print(f"  EVENT {e['kind']:<24} {e['start'] - t_first:6.1f}..{e['end'] - t_first:6.1f}s "
               f"class={e.get('class')} culprit={who.get('role', '')}/{who.get('thread', '')} | {frames}")
 

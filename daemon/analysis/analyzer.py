@@ -16,17 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
 from infersight.daemon.analysis import attribution
-from infersight.daemon.analysis.classify import Second, classify
+from infersight.daemon.analysis.classify import BUSY_CLASSES, Second, classify
 from infersight.daemon.analysis.detectors import MismatchDetector, SaturationDetector, mbu_features
 from infersight.daemon.analysis.engine_roof import engine_roof_features
 from infersight.daemon.analysis.regression import RegressionDetector
+from infersight.daemon.analysis.episodes import EpisodeTracker
+from infersight.daemon.analysis.lifecycle import Lifecycle, startup_share
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import EngineScope, build_seconds, serving_pids
+from infersight.daemon.analysis.threads import GpuWaitLearner, is_wait, leaf_key, split_process
 from infersight.daemon.config.load import Config
 from infersight.daemon.gpu.peaks import peaks_for
 from infersight.daemon.logfmt import kv
 from infersight.storage import analysis as q
 from infersight.storage import events as q_events
+from infersight.storage import thread_stacks
 from infersight.storage.model import GAP_CLASSES, Event, Window
 from infersight.storage.store import Store
 
@@ -34,6 +38,7 @@ log = logging.getLogger("infersight.analysis")
 
 MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart after a long stop)
 KEEP_SECONDS_S = 3 * 3600    # at most this much of an open gap run's seconds is kept in memory
+BRIDGE_MAX_S = 5             # busy seconds that can join two starved stretches of one culprit
 
 
 @dataclass
@@ -41,6 +46,10 @@ class GpuState:
     gaps: RunTracker
     mismatch: MismatchDetector
     saturation: SaturationDetector
+    lifecycle: Lifecycle
+    waits: GpuWaitLearner
+    episodes: EpisodeTracker = field(default_factory=EpisodeTracker)
+    bridge: list[int] = field(default_factory=list)   # busy seconds held back (_feed_gap)
     # the seconds of the gap run still open: the evidence of its events, re-made every tick.
     # Seconds outside a run are never needed again once the tick that saw them is done.
     seconds: dict[int, Second] = field(default_factory=dict)
@@ -141,7 +150,8 @@ class Analyzer:
         if st is None:
             st = self.gpus[gpu] = GpuState(
                 gaps=RunTracker(GAP_CLASSES, self.cfg.gap_merge_s, self.cfg.gap_min_s),
-                mismatch=MismatchDetector(self.cfg), saturation=SaturationDetector(self.cfg))
+                mismatch=MismatchDetector(self.cfg), saturation=SaturationDetector(self.cfg),
+                lifecycle=Lifecycle(self.cfg.startup_max_s), waits=GpuWaitLearner(self.cfg.busy_sm_pct))
         return st
 
     def _analyse_gpu(self, gpu: int, t_from: int, t_to: int, targets: list[dict]) -> list[Event]:
@@ -150,10 +160,19 @@ class Analyzer:
                                        EngineScope.for_gpu(gpu, self.engine_map))
         peak_bw = self.store.read_sync(q.peak_dram_bandwidth, gpu)
         peaks = peaks_for(self.store.read_sync(q.gpu_name, gpu))
+        serving = serving_pids(targets, gpu)
+        self._attach_work(st, gpu, seconds, t_from, t_to, serving, targets)
+        info = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
         windows = []
         finished: list[Segment] = []
         for s in seconds:
-            klass, features = classify(s, self.cfg, self.rate_hz)
+            procs = [{"pid": p.pid, "role": p.role, "start_time": info.get(p.pid, {}).get("start_time"),
+                      "exited_at": info.get(p.pid, {}).get("exited_at"), "own_cpu_pct": p.own_cpu_pct(self.rate_hz),
+                      "startup_share": p.startup_share} for p in s.processes]
+            state = st.lifecycle.step(s.t, procs, served=s.in_flight is True, answering=s.in_flight is not None,
+                                      gpu_busy=(s.sm_util if s.sm_util is not None else s.util_gpu or 0.0)
+                                      >= self.cfg.busy_sm_pct)
+            klass, features = classify(s, self.cfg, self.rate_hz, state)
             features.update(mbu_features(s, peak_bw, self.cfg.model_weight_bytes))
             features.update(engine_roof_features(s, peaks, peak_bw))
             if klass in GAP_CLASSES and s.in_flight is False and klass != "stall":
@@ -163,8 +182,14 @@ class Analyzer:
             culprit = None
             if feed_class in ("host_bound", "launch_bound") and features.get("busiest_pid") is not None:
                 busiest = next(p for p in s.processes if p.pid == features["busiest_pid"])
-                culprit = f"{busiest.pid}:{busiest.top_leaf}"
-            finished += st.gaps.feed(s.t, feed_class, culprit)
+                thread = busiest.work.busiest_thread() if busiest.work is not None else None
+                if thread is not None:
+                    features["busiest_thread"] = thread.name or str(thread.tid)
+                    leaves = {leaf_key(path): n for path, n in thread.own_stacks.items()}
+                    culprit = st.episodes.label(busiest.pid, thread.tid, leaves, s.running)
+                else:
+                    culprit = f"{busiest.pid}:{busiest.top_leaf}"
+            finished += self._feed_gap(st, s.t, feed_class, culprit, features)
             st.seconds[s.t] = s
             st.mismatch.feed(s, klass)
             st.saturation.feed(s, klass)
@@ -172,7 +197,6 @@ class Analyzer:
         finished += st.gaps.flush_until(t_to)
         self.store.write_sync(q_events.replace_windows, gpu, float(t_from), float(t_to), windows)
         self.windows_written += len(windows)
-        serving = serving_pids(targets, gpu)
         events = [self._gap_event(gpu, seg, st, serving, open_=False) for seg in finished]
         events += [self._gap_event(gpu, seg, st, serving, open_=True) for seg in st.gaps.open_segments()]
         foreign = self._foreign(gpu, targets, t_from, t_to, serving)
@@ -182,6 +206,57 @@ class Analyzer:
         for t in [t for t in st.seconds if t < keep_from]:
             del st.seconds[t]
         return events
+
+    def _feed_gap(self, st: GpuState, t: int, feed_class: str, culprit: str | None, features: dict) -> list[Segment]:
+        """Feed one second to the gap tracker. A busy second right after starved ones, with
+        the starving process still saturated, is held back: it joins the run when starved
+        seconds of the same culprit follow within ``BRIDGE_MAX_S`` (a saturated API server
+        feeds its GPU in bursts: one episode), and is dropped otherwise."""
+        last = st.gaps.last_label()
+        own = features.get("busiest_own_cpu_pct")
+        if (feed_class in BUSY_CLASSES and last is not None and "|" in last and own is not None
+                and own >= self.cfg.host_saturated_pct and len(st.bridge) < BRIDGE_MAX_S
+                and last.split("|", 1)[1].split(":", 1)[0] == str(features.get("busiest_pid"))):
+            st.bridge.append(t)
+            return []
+        done: list[Segment] = []
+        label = f"{feed_class}|{culprit}" if culprit else feed_class
+        if st.bridge and label == last:
+            for b in st.bridge:
+                done += st.gaps.feed(b, feed_class, culprit)
+        st.bridge = []
+        return done + st.gaps.feed(t, feed_class, culprit)
+
+    def _attach_work(self, st: GpuState, gpu: int, seconds: list[Second], t_from: int, t_to: int,
+                     serving: dict[int, str], targets: list[dict]) -> None:
+        """Split each serving process's samples of each second into own work, waits and GPU
+        waits (analysis/threads.py), learning GPU waits in the processes that hold a CUDA
+        context on ``gpu``; set what the classifier reads (active, gpu_wait) from the split."""
+        by_second = self.store.read_sync(thread_stacks.thread_seconds, t_from, t_to, sorted(serving))
+        holders = set(self.store.read_sync(q.gpu_processes, gpu, t_from, t_to))
+        holders |= {int(t["pid"]) for t in targets if gpu in (t["gpus"] or []) and t["role"] not in ("api_server",)}
+        for s in seconds:
+            threads = by_second.get(s.t, [])
+            for p in s.processes:
+                mine = [ts for ts in threads if ts.pid == p.pid]
+                if not mine:
+                    continue
+                learned = st.waits.waits(p.pid) if p.pid in holders else frozenset()
+                work = split_process(p.pid, mine, learned)
+                p.work = work
+                p.active = work.own + work.gpu_wait
+                p.gpu_wait = work.gpu_wait
+                every: dict = {}
+                for ts in mine:
+                    for path, n in ts.active.items():
+                        every[path] = every.get(path, 0) + n
+                p.startup_share = startup_share(every)
+                if p.pid in holders and s.sm_util is not None:
+                    leaves: dict[str, int] = {}
+                    for path, n in every.items():
+                        if not is_wait(path):
+                            leaves[leaf_key(path)] = leaves.get(leaf_key(path), 0) + n
+                    st.waits.feed(p.pid, s.sm_util, leaves)
 
     def _foreign(self, gpu: int, targets: list[dict], t_from: int, t_to: int, serving: dict[int, str]) -> list[dict]:
         """Processes on the GPU that are not the engine's (NVML), with their command line (as
@@ -208,9 +283,15 @@ class Analyzer:
         running = _mean([s.running for s in secs])
         waiting = _mean([s.waiting for s in secs])
         tokens = _mean([s.gen_tokens_s for s in secs])
-        # a stall is time spent waiting: its waits (idle samples where recorded) are the evidence
-        frames = attribution.top_frames(self.store, seg.start, seg.end, serving, self.cfg.top_frames,
-                                        active=None if seg.klass == "stall" else True)
+        # a stall is time spent waiting: its waits (idle samples where recorded) are the evidence;
+        # a starved GPU's evidence is the culprit thread's own work (never its waits)
+        culprit = attribution.culprit(secs, self.rate_hz)
+        if seg.klass == "stall" or culprit is None:
+            frames = attribution.top_frames(self.store, seg.start, seg.end, serving, self.cfg.top_frames,
+                                            active=None if seg.klass == "stall" else True)
+            hot_paths: list[dict] = []
+        else:
+            frames, hot_paths = attribution.culprit_code(secs, culprit, self.cfg.top_frames)
         busiest = {}
         for s in secs:
             for p in s.processes:
@@ -221,11 +302,16 @@ class Analyzer:
         idle_pct = 100.0 * lost / max(1, len(secs))
         in_flight = (running or 0) + (waiting or 0)
         top = frames[0] if frames else None
+        who = ""
+        if culprit is not None:
+            who = (f"; {culprit['role']} pid {culprit['pid']} thread {culprit['thread']} busy "
+                   f"{culprit['cpu_pct']:.0f}% of a core on its own work")
         summary = (f"GPU {gpu} {seg.klass.replace('_', '-')}: {idle_pct:.0f}% idle for {_duration(seg.duration)}"
                    + (f" while {in_flight:.0f} requests were in flight" if in_flight >= 1 else
                       f" while {tokens:.0f} tokens/s flowed" if tokens else "")
-                   + (f"; top frame {top['frame']} {top['share'] * 100:.0f}% ({top['role']} pid {top['pid']})"
-                      if top else ""))
+                   + who
+                   + (f"; top frame {top['frame']} {top['share'] * 100:.0f}%"
+                      + ("" if culprit else f" ({top['role']} pid {top['pid']})") if top else ""))
         evidence = {
             "duration_s": seg.duration, "lost_gpu_s": round(lost, 2), "gpu_idle_pct": round(idle_pct, 1),
             "sm_util_mean": _round(_mean([s.sm_util for s in secs])),
@@ -233,6 +319,7 @@ class Analyzer:
             "requests_running_mean": _round(running), "requests_waiting_mean": _round(waiting),
             "generation_tokens_per_s_mean": _round(tokens), "own_cpu_pct_by_pid": cpu,
             "class_seconds": {seg.klass: len(seg.seconds)},
+            "culprit": culprit, "hot_paths": hot_paths,
         }
         severity = "critical" if seg.duration >= 60 and idle_pct >= 50 else "warning"
         return Event(id=f"cpu_gpu_gap:{self.host}:{gpu}:{seg.start}", kind="cpu_gpu_gap", start=float(seg.start),

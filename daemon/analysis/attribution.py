@@ -48,3 +48,73 @@ def diff_summary(store: Store, a: tuple[float, float], b: tuple[float, float], l
     pa = store.read_sync(stacks.profile, a[0], a[1], stacks.ProfileFilter(active=True))
     pb = store.read_sync(stacks.profile, b[0], b[1], stacks.ProfileFilter(active=True))
     return render.top_changes(render.diff_tree(pa, pb), limit)
+
+
+def culprit(seconds: list, rate_hz: float) -> dict[str, Any] | None:
+    """The process and thread that starved the GPU over ``seconds`` (analysis Seconds whose
+    processes carry their thread split, analysis/threads.py): per second the thread with the
+    most own-work CPU (the process's CPU times that thread's share of its own-work samples),
+    then the thread that led most often. None when no thread did own work."""
+    votes: dict[tuple[int, int], int] = {}
+    cpu: dict[tuple[int, int], list[float]] = {}
+    names: dict[tuple[int, int], tuple[str, str]] = {}
+    for s in seconds:
+        best, best_cpu = None, 0.0
+        for p in s.processes:
+            if p.work is None or not p.work.own:
+                continue
+            own_cpu = p.own_cpu_pct(rate_hz) or 0.0
+            for t in p.work.threads:
+                share = own_cpu * t.own / p.work.own
+                if share > best_cpu:
+                    best, best_cpu = (p.pid, t.tid), share
+                    names[best] = (p.role, t.name or str(t.tid))
+        if best is not None:
+            votes[best] = votes.get(best, 0) + 1
+            cpu.setdefault(best, []).append(best_cpu)
+    if not votes:
+        return None
+    key = max(votes, key=votes.get)
+    role, thread = names[key]
+    return {"pid": key[0], "tid": key[1], "role": role, "thread": thread,
+            "cpu_pct": round(sum(cpu[key]) / len(cpu[key]), 1), "seconds_leading": votes[key]}
+
+
+def culprit_code(seconds: list, who: dict[str, Any], limit: int) -> tuple[list[dict], list[dict]]:
+    """The culprit thread's own work over ``seconds``: its top frames by self samples, and
+    its hot paths -- the frames below its common trunk by inclusive samples, so work spread
+    over many small functions reads as the one caller that holds it. Shares are of the
+    thread's own-work samples; waits and GPU waits are never in them."""
+    stacks: dict[tuple, int] = {}
+    for s in seconds:
+        for p in s.processes:
+            if p.pid != who["pid"] or p.work is None:
+                continue
+            for t in p.work.threads:
+                if t.tid == who["tid"]:
+                    for path, n in t.own_stacks.items():
+                        stacks[path] = stacks.get(path, 0) + n
+    total = sum(stacks.values())
+    if not total:
+        return [], []
+    self_count: dict[tuple[str, str], int] = {}
+    self_lines: dict[tuple[str, str], dict[int, int]] = {}
+    incl: dict[tuple[str, str], int] = {}
+    for path, n in stacks.items():
+        if path:
+            fn, file, line = path[-1]
+            self_count[(fn, file)] = self_count.get((fn, file), 0) + n
+            lines = self_lines.setdefault((fn, file), {})
+            lines[line] = lines.get(line, 0) + n
+        for frame in {(fn, file) for fn, file, _ in path}:
+            incl[frame] = incl.get(frame, 0) + n
+    base = {"pid": who["pid"], "role": who["role"], "thread": who["thread"]}
+    frames = [{"frame": fn, "file": file, "line": max(self_lines[(fn, file)], key=self_lines[(fn, file)].get),
+               "share": round(n / total, 4), "samples": n, **base}
+              for (fn, file), n in sorted(self_count.items(), key=lambda kv: -kv[1])[:limit]]
+    # the trunk (frames in nearly every sample) says nothing about what differs; a hot path
+    # is a caller holding clearly more than its own self time
+    below = [(f, n) for f, n in incl.items() if n / total < 0.9 and n > 1.5 * self_count.get(f, 0)]
+    hot = [{"frame": fn, "file": file, "share": round(n / total, 4), **base}
+           for (fn, file), n in sorted(below, key=lambda kv: -kv[1])[:limit]]
+    return frames, hot

@@ -6,8 +6,9 @@ time was spent waiting for the GPU (a thread spinning in ``torch.cuda.synchroniz
 the CPU waiting on the GPU, not starving it). Decision, with thresholds from
 AnalysisConfig (their docs quote the measurements):
 
-1. GPU busy (SM >= busy_sm_pct): compute_bound when tensor activity dominates, else
-   memory_bound when DRAM bandwidth is high, else compute_bound (CUDA-core work).
+0. A serving process starting up or shutting down (lifecycle.py): starting / stopping.
+1. GPU busy (SM >= busy_sm_pct): compute_bound near the tensor roof, memory_bound near the
+   bandwidth roof, latency_bound near neither (see _busy_class).
 2. GPU under-used and a serving process busy on its own work (CPU not spent waiting on the
    GPU): launch_bound when kernels run but fill few SMs (SM / NVML util low), else
    host_bound. The busy process may hold no GPU context (an API server).
@@ -21,6 +22,7 @@ says ``mode: nvml_only``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from infersight.daemon.config.load import AnalysisConfig
 
@@ -36,6 +38,9 @@ class ProcessSecond:
     gpu_wait: int = 0                # of which the leaf frame is a GPU wait
     idle: int = 0
     top_leaf: str | None = None      # function with the most active samples this second
+    # the second's samples by thread (analysis/threads.py): own work, waits, GPU waits
+    work: Any = None
+    startup_share: float = 0.0       # share of active samples running start-up code
 
     @property
     def wait_share(self) -> float:
@@ -91,8 +96,10 @@ def busiest_process(second: Second, rate_hz: float) -> ProcessSecond | None:
     return best
 
 
-def classify(second: Second, cfg: AnalysisConfig, rate_hz: float) -> tuple[str, dict[str, float | str | None]]:
-    """The class of one second and the features that decided it."""
+def classify(second: Second, cfg: AnalysisConfig, rate_hz: float,
+             lifecycle: str | None = None) -> tuple[str, dict[str, float | str | None]]:
+    """The class of one second and the features that decided it; ``lifecycle`` (starting,
+    stopping or None, from lifecycle.Lifecycle) wins over the counters."""
     busy_proc = busiest_process(second, rate_hz)
     own_cpu = busy_proc.own_cpu_pct(rate_hz) if busy_proc else None
     host_busy = own_cpu is not None and own_cpu >= cfg.cpu_busy_pct
@@ -105,11 +112,14 @@ def classify(second: Second, cfg: AnalysisConfig, rate_hz: float) -> tuple[str, 
         "busiest_own_cpu_pct": None if own_cpu is None else round(own_cpu, 1),
         "mode": "gpm" if second.has_gpm else "nvml_only",
     }
+    if lifecycle is not None:
+        return lifecycle, features
     if second.util_gpu is None and second.sm_util is None:
         return "unknown", features
     if second.has_gpm:
         sm = second.sm_util or 0.0
-        if sm >= cfg.busy_sm_pct:
+        saturated = own_cpu is not None and own_cpu >= cfg.host_saturated_pct
+        if sm >= cfg.busy_sm_pct and not (saturated and sm < cfg.host_bound_max_sm_pct):
             return _busy_class(second, cfg), features
         if host_busy:
             util = second.util_gpu or 0.0
@@ -131,13 +141,19 @@ def classify(second: Second, cfg: AnalysisConfig, rate_hz: float) -> tuple[str, 
 
 
 def _busy_class(second: Second, cfg: AnalysisConfig) -> str:
+    """Which roof a busy GPU is near: tensor throughput (compute) or DRAM bandwidth (memory),
+    each measured while the SMs work (utilization over SM activity: GPM's figures are
+    fractions of the GPU's own peaks); near neither, the GPU is busy with work too small,
+    too serial or too sync-heavy to use it: latency_bound."""
+    sm = max(second.sm_util or 0.0, 1e-9)
     tensor = second.tensor_util or 0.0
     dram = second.dram_bw_util or 0.0
-    if tensor >= cfg.compute_tensor_pct and tensor >= 0.5 * dram:
+    if tensor >= cfg.compute_tensor_pct and tensor / sm >= cfg.compute_roof_ratio:
         return "compute_bound"
-    if dram >= cfg.memory_dram_pct:
+    if dram >= cfg.memory_dram_pct and dram / sm >= cfg.memory_roof_ratio:
         return "memory_bound"
-    return "compute_bound"
+    return "latency_bound"
 
 
-BUSY_CLASSES = ("compute_bound", "memory_bound")
+BUSY_CLASSES = ("compute_bound", "memory_bound", "latency_bound")
+LIFECYCLE_CLASSES = ("starting", "stopping")

@@ -56,6 +56,10 @@ class RunTracker:
             return self._close()
         return []
 
+    def last_label(self) -> str | None:
+        """The label of the run's last second (None when no run is open)."""
+        return self._run[-1][1] if self._run else None
+
     def open_since(self) -> int | None:
         """First second of the run in progress (None when there is none)."""
         return self._run[0][0] if self._run else None

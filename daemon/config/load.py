@@ -160,11 +160,23 @@ class AnalysisConfig:
                              "measured 52-83, starved ones 2-30 (host, core, launch, stall)", min=0, max=100)
     idle_sm_pct: float = opt(3.0, "SM utilization below which the GPU does nothing (%); idle measured 0.0", min=0,
                              max=100)
-    compute_tensor_pct: float = opt(25.0, "a busy GPU is compute_bound when tensor utilization reaches this (%) and "
-                                    "at least half its DRAM bandwidth utilization: bf16 GEMM 93.8, prefill phase "
-                                    "45, decode 6-9", min=0, max=100)
-    memory_dram_pct: float = opt(35.0, "a busy GPU is memory_bound when DRAM bandwidth utilization reaches this (%) "
-                                 "without compute: copy 90, GEMV 90, decode 64-77, prefill 23", min=0, max=100)
+    compute_tensor_pct: float = opt(25.0, "a busy GPU can be compute_bound only when tensor utilization reaches this "
+                                    "(%): bf16 GEMM 93.8, prefill phases 45-85, decode 2-9", min=0, max=100)
+    compute_roof_ratio: float = opt(0.5, "a busy GPU is compute_bound when tensor utilization / SM utilization "
+                                    "reaches this: its tensor pipes near their roof while the SMs work. Measured: "
+                                    "bf16 GEMM 0.97, prefill 0.60-0.87 (H100 scenario, vLLM and transformers on "
+                                    "an H200); batched decode of a 7 B model 0.39-0.40 (vLLM 128 streams, "
+                                    "transformers batch 64): neither roof near", min=0, max=2)
+    memory_dram_pct: float = opt(30.0, "a busy GPU can be memory_bound only when DRAM bandwidth utilization reaches "
+                                 "this (%): copy 90, GEMV 90, decode 64-77, prefill 21-25", min=0, max=100)
+    memory_roof_ratio: float = opt(0.75, "a busy GPU is memory_bound when DRAM bandwidth utilization / SM utilization "
+                                   "reaches this: bandwidth near its roof while the SMs work. Measured: device copy "
+                                   "0.91, GEMV 1.09, batch-1 decode 0.95-1.03 (scenario, vLLM 7 B); batched 7 B "
+                                   "decode 0.51-0.62. A busy GPU near neither roof is latency_bound", min=0, max=2)
+    startup_max_s: float = opt(900.0, "a serving process younger than this whose samples are mostly start-up code "
+                               "(imports, torch.compile, Triton, CUDA-graph capture, weight loading) puts its GPU "
+                               "in the starting class until it serves or goes quiet; vLLM 0.24 took 60-100 s "
+                               "(seconds)", min=0, max=86400)
     launch_ratio: float = opt(0.65, "launch_bound when SM util / NVML util falls below this while a serving CPU is "
                               "saturated: many tiny kernels measured 0.50 (0.0 for 100 empty kernels), host-bound "
                               "and healthy phases 0.76-0.93", min=0, max=1)
@@ -174,8 +186,19 @@ class AnalysisConfig:
                                      min=0, max=100)
     cpu_busy_pct: float = opt(70.0, "a serving process using at least this much of one core is busy (%): starving "
                               "processes measured 100, a stalled engine 12, an idle one 3", min=1, max=10000)
+    host_saturated_pct: float = opt(90.0, "a serving process using this much of a core on its own work is saturated "
+                                    "(%): then a GPU below host_bound_max_sm_pct is host_bound, not busy. Measured: "
+                                    "saturated API servers and engine cores 93-103", min=0,
+                                    max=10000)
+    host_bound_max_sm_pct: float = opt(60.0, "below this SM utilization a GPU waits on a saturated serving process "
+                                       "for at least 40% of the time and is host_bound (or launch_bound), even "
+                                       "above busy_sm_pct. Measured: vLLM 7 B with 20 logprobs per token, API "
+                                       "server 100%, SM 43; busy phases with a saturated engine core 65-97", min=0,
+                                       max=100)
     gap_min_s: float = opt(3.0, "a CPU-GPU gap lasts at least this long to become an event (seconds)", min=1)
-    gap_merge_s: float = opt(2.0, "gaps of one class separated by at most this much merge (seconds)", min=0)
+    gap_merge_s: float = opt(2.0, "gaps separated by at most this much merge (seconds); a busy second between "
+                             "starved ones joins them when the culprit process stays saturated (vLLM 7 B, 20 "
+                             "logprobs per token: the API server at 100% starved its GPU in bursts)", min=0)
     top_frames: int = opt(5, "frames named in each event's attribution (count)", min=1, max=50)
     mismatch_min_s: float = opt(5.0, "a utilization-versus-throughput mismatch lasts this long (seconds)", min=1)
     mismatch_work_rise: float = opt(1.5, "some GPU activity (SM, tensor or DRAM %) per token at least this multiple of "

@@ -6,12 +6,16 @@ export const CLASS_COLORS = {
   memory_bound: "#56B4E9",    // sky blue: busy, bound by memory bandwidth
   host_bound: "#D55E00",      // vermillion: starving for the CPU
   launch_bound: "#E69F00",    // orange: kernels too small, launches dominate
+  latency_bound: "#0072B2",   // blue: busy, but near neither the compute nor the bandwidth roof
+  starting: "#F0E442",        // yellow: engine start-up (imports, compilation, graph capture)
+  stopping: "#E8E2B0",        // pale yellow: engine shutting down
   stall: "#CC79A7",           // reddish purple: neither side busy with work in flight
   idle: "#C7CCD1",            // light grey: nothing to do
   unknown: "#8A9199",         // dark grey: not enough data to tell
 };
 
-export const CLASS_ORDER = ["host_bound", "launch_bound", "stall", "memory_bound", "compute_bound", "idle", "unknown"];
+export const CLASS_ORDER = ["host_bound", "launch_bound", "stall", "latency_bound", "memory_bound", "compute_bound",
+                            "starting", "stopping", "idle", "unknown"];
 
 export function classColor(klass) {
   return CLASS_COLORS[klass] || CLASS_COLORS.unknown;

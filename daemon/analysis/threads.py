@@ -1,0 +1,159 @@
+"""What each thread of a serving process did in one second: its own work, waiting, or
+waiting on the GPU.
+
+- **Waiting** threads (an event loop polling, a selector, a condition or queue wait, an idle
+  pool worker) are recognised by their leaf frame in the standard library and the common
+  I/O libraries: py-spy counts some of them as active (uvloop's poll, zmq's recv), yet they
+  use no CPU for the process's work and are never culprits.
+- **Waiting on the GPU** is learned from the data (:class:`GpuWaitLearner`): in a process
+  that holds a CUDA context, a leaf frame whose share of the process's samples rises with
+  the GPU's SM activity is the CPU blocking on the GPU (an implicit sync: ``.item()``,
+  ``.tolist()``, ``bool(tensor)``, a copy to the host), whatever its name. The explicit
+  syncs of torch, CuPy and JAX are known from the start.
+- Everything else is the thread's **own work**, which is what can starve a GPU.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+from collections import deque
+from dataclasses import dataclass, field
+
+from infersight.storage.thread_stacks import Frame, ThreadSecond
+
+# leaf ``file:function`` of frames where a thread waits for something other than the GPU
+WAIT_LEAF = re.compile("|".join((
+    r"asyncio/runners\.py:Runner\.run$", r"asyncio/base_events\.py:.*(run_forever|_run_once|select)",
+    r"uvloop/.*:run$", r"selectors\.py:", r"threading\.py:(Condition|Event|Semaphore|Barrier)\.wait",
+    r"threading\.py:Thread\.join", r"threading\.py:_wait_for_tstate_lock", r"queue\.py:.*\.get$",
+    r"concurrent/futures/.*:(_worker|wait|result)$", r"multiprocessing/(connection|queues|synchronize)\.py:",
+    r"multiprocessing/popen_\w+\.py:.*wait", r"zmq/.*:(poll|recv\w*|_recv\w*)$", r"socket\.py:.*(accept|recv)",
+    r"ssl\.py:.*(read|recv)", r"time:sleep$", r"subprocess\.py:.*(wait|communicate)",
+)))
+# ``file:function`` of explicit GPU synchronisation (library code, stable names)
+GPU_WAIT_LEAF = re.compile("|".join((
+    r"torch/cuda/__init__\.py:synchronize$", r"torch/cuda/streams\.py:(Stream|Event)\.(synchronize|wait)",
+    r"torch/cuda/(streams|__init__)\.py:.*synchronize$", r"cupy/.*:.*[sS]ynchronize$", r"jax/.*:block_until_ready$",
+)))
+
+
+def leaf_key(path: tuple[Frame, ...]) -> str:
+    """``file:function`` of a stack's leaf ('' for an empty stack)."""
+    return f"{path[-1][1]}:{path[-1][0]}" if path else ""
+
+
+def is_wait(path: tuple[Frame, ...]) -> bool:
+    return bool(path) and bool(WAIT_LEAF.search(leaf_key(path)))
+
+
+class GpuWaitLearner:
+    """Learns which leaf frames of GPU-holding processes are waits on the GPU.
+
+    Each second it is fed the GPU's SM activity and, per process that holds a CUDA context
+    on the GPU, the share of its own (non-waiting) samples per leaf. A leaf is a GPU wait
+    when, over the last ``horizon_s`` seconds with samples, its share correlates with SM
+    activity (Pearson r >= ``min_r``) and its mean share where the GPU was busy is at least
+    ``rise`` times, and ``min_gap`` above, its mean share where the GPU was not. Needs
+    ``min_each`` seconds on each side: until then only the explicit syncs count.
+    """
+
+    def __init__(self, busy_sm_pct: float, horizon_s: int = 900, min_r: float = 0.5, rise: float = 2.0,
+                 min_gap: float = 0.05, min_each: int = 5) -> None:
+        self.busy = busy_sm_pct
+        self.min_r, self.rise, self.min_gap, self.min_each = min_r, rise, min_gap, min_each
+        self.history: dict[int, deque[tuple[float, dict[str, float]]]] = {}
+        self.horizon = horizon_s
+        self._learned: dict[int, frozenset[str]] = {}
+
+    def feed(self, pid: int, sm_util: float, leaf_counts: dict[str, int]) -> None:
+        total = sum(leaf_counts.values())
+        if total < 5:
+            return
+        hist = self.history.setdefault(pid, deque(maxlen=self.horizon))
+        hist.append((sm_util, {k: v / total for k, v in leaf_counts.items()}))
+        self._learned.pop(pid, None)
+
+    def waits(self, pid: int) -> frozenset[str]:
+        """Leaf keys learned as GPU waits for ``pid`` (explicit syncs are matched apart)."""
+        cached = self._learned.get(pid)
+        if cached is not None:
+            return cached
+        hist = self.history.get(pid) or ()
+        busy = [h for h in hist if h[0] >= self.busy]
+        calm = [h for h in hist if h[0] < self.busy]
+        learned = set()
+        if len(busy) >= self.min_each and len(calm) >= self.min_each:
+            xs = [h[0] for h in hist]
+            leaves = {k for _, shares in busy for k, v in shares.items() if v >= self.min_gap}
+            for leaf in leaves:
+                ys = [shares.get(leaf, 0.0) for _, shares in hist]
+                if len(set(ys)) < 2 or len(set(xs)) < 2:
+                    continue
+                hi = statistics.fmean(s.get(leaf, 0.0) for _, s in busy)
+                lo = statistics.fmean(s.get(leaf, 0.0) for _, s in calm)
+                if hi >= self.rise * lo and hi - lo >= self.min_gap and statistics.correlation(xs, ys) >= self.min_r:
+                    learned.add(leaf)
+        result = self._learned[pid] = frozenset(learned)
+        return result
+
+
+@dataclass
+class ThreadWork:
+    """One thread's second, split: own work, waits, GPU waits (active samples)."""
+
+    tid: int
+    name: str
+    own: int = 0
+    wait: int = 0
+    gpu_wait: int = 0
+    own_stacks: dict[tuple[Frame, ...], int] = field(default_factory=dict)
+
+
+@dataclass
+class ProcessWork:
+    """One process's second by thread; ``active`` is every active sample."""
+
+    pid: int
+    threads: list[ThreadWork] = field(default_factory=list)
+
+    @property
+    def active(self) -> int:
+        return sum(t.own + t.wait + t.gpu_wait for t in self.threads)
+
+    @property
+    def own(self) -> int:
+        return sum(t.own for t in self.threads)
+
+    @property
+    def gpu_wait(self) -> int:
+        return sum(t.gpu_wait for t in self.threads)
+
+    def busiest_thread(self) -> ThreadWork | None:
+        best = max(self.threads, key=lambda t: t.own, default=None)
+        return best if best is not None and best.own > 0 else None
+
+    def own_leaf_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in self.threads:
+            for path, n in t.own_stacks.items():
+                k = leaf_key(path)
+                out[k] = out.get(k, 0) + n
+        return out
+
+
+def split_process(pid: int, threads: list[ThreadSecond], gpu_waits: frozenset[str]) -> ProcessWork:
+    """Sort each active sample of ``pid``'s threads into own work, wait or GPU wait."""
+    work = ProcessWork(pid)
+    for ts in threads:
+        tw = ThreadWork(ts.tid, ts.name)
+        for path, n in ts.active.items():
+            key = leaf_key(path)
+            if GPU_WAIT_LEAF.search(key) or key in gpu_waits:
+                tw.gpu_wait += n
+            elif is_wait(path):
+                tw.wait += n
+            else:
+                tw.own += n
+                tw.own_stacks[path] = tw.own_stacks.get(path, 0) + n
+        work.threads.append(tw)
+    return work
