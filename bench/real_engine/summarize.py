@@ -25,20 +25,21 @@ FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^()]*?)(?::\d+)?\)$")
 COUNTER = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{[^}]*\})?\s+(?P<value>\S+)", re.M)
 
 
-def _open(path: Path):
-    return gzip.open(path, "rt") if path.suffix == ".gz" else open(path)
+def _lines(path: Path) -> list[str]:
+    with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as fh:
+        return fh.read().splitlines()
 
 
 def load(root: Path) -> dict:
-    labels = [json.loads(x) for x in open(root / "labels.jsonl")]
+    labels = [json.loads(x) for x in _lines(root / "labels.jsonl")]
     gpu_path = root / "gpu.jsonl" if (root / "gpu.jsonl").exists() else root / "gpu.jsonl.gz"
-    gpu = [json.loads(x) for x in _open(gpu_path)]
+    gpu = [json.loads(x) for x in _lines(gpu_path)]
     procs = json.loads((root / "processes.json").read_text())["processes"]
-    scrapes = [json.loads(x) for x in _open(root / "engine_metrics.jsonl.gz")]
+    scrapes = [json.loads(x) for x in _lines(root / "engine_metrics.jsonl.gz")]
     windows = {}
     for p in procs:
         if p.get("stacks_windows"):
-            windows[p["pid"]] = [json.loads(x) for x in _open(root / p["stacks_windows"])]
+            windows[p["pid"]] = [json.loads(x) for x in _lines(root / p["stacks_windows"])]
     return {"labels": labels, "gpu": [g for g in gpu if "t" in g], "procs": procs, "scrapes": scrapes,
             "windows": windows}
 
