@@ -23,6 +23,9 @@ run, threads record (all wall-clock Unix seconds):
   parent, start and last-seen times;
 - ``labels.jsonl``: one line per phase ``{"phase", "t0", "t1", "load": {...}}``.
 
+With ``--workload CMD`` there is no server: CMD execs one program (role ``engine``) that
+writes its own labels to ``$LABELS``, and the recording lasts until it exits.
+
 Phases: ``start`` (launch the engine, wait for /health: label ``starting``), ``restart``
 (SIGINT, wait for exit: ``shutdown``; then ``starting``), ``KIND:SECONDS`` for the load
 patterns of load.py and ``idle:SECONDS``; ``neighbor`` also runs neighbor.py's GEMMs.
@@ -51,6 +54,9 @@ from load import run_pattern  # noqa: E402
 HERE = Path(__file__).resolve().parent
 
 
+ROOT_ROLE = ["api_server"]       # "engine" for --workload: one process that does everything
+
+
 def role_of(cmdline: str, is_root: bool) -> str:
     """The role the recorder gives a process of the engine's tree (it launched them)."""
     if "resource_tracker" in cmdline:
@@ -60,7 +66,7 @@ def role_of(cmdline: str, is_root: bool) -> str:
     if re.match(r"^(VLLM::)?(VllmWorker|Worker)", cmdline):
         return "worker"
     if is_root:
-        return "api_server"
+        return ROOT_ROLE[0]
     return "helper"
 
 
@@ -115,7 +121,7 @@ class Recorder:
                         rec["cmdline"] = cmd
                         if rec["role"] != "other_gpu_process":
                             rec["role"] = role_of(cmd, p.pid in self.roots)
-                    if rec["role"] in ("api_server", "engine_core", "worker") and p.pid not in self.sampling:
+                    if rec["role"] in ("api_server", "engine_core", "worker", "engine") and p.pid not in self.sampling:
                         self.sampling.add(p.pid)
                         t = threading.Thread(target=self.sample_windows, args=(p.pid,), daemon=True)
                         t.start()
@@ -246,8 +252,8 @@ class Recorder:
                     fh.write(json.dumps({"t": t, "latency_s": round(time.time() - t, 4), "error": repr(exc)[:300]}) + "\n")
                 self.stop.wait(max(0.0, 1.0 - (time.time() - t)))
 
-    def start_threads(self) -> None:
-        for target in (self.watch, self.sample_gpu, self.scrape):
+    def start_threads(self, scrape: bool = True) -> None:
+        for target in (self.watch, self.sample_gpu, *((self.scrape,) if scrape else ())):
             t = threading.Thread(target=target, daemon=True)
             t.start()
             self.threads.append(t)
@@ -310,7 +316,32 @@ class Engine:
         await asyncio.sleep(1.0)
 
 
+async def run_workload(args: argparse.Namespace) -> None:
+    """A workload that labels its own phases (hf_workload.py): launch it, record until it exits."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ROOT_ROLE[0] = "engine"
+    rec = Recorder(out, args.pyspy, args.rate, "")
+    rec.start_threads(scrape=False)
+    await asyncio.sleep(2.0)
+    (out / "labels.jsonl").write_text("")
+    proc = subprocess.Popen(["bash", "-c", args.workload], env=dict(os.environ, LABELS=str(out / "labels.jsonl")),
+                            stdout=open(out / "engine.log", "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    rec.roots.append(proc.pid)
+    try:
+        while proc.poll() is None:
+            await asyncio.sleep(0.5)
+        print(f"workload exited with {proc.returncode}", flush=True)
+        await asyncio.sleep(1.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        rec.finish()
+
+
 async def run(args: argparse.Namespace) -> None:
+    if args.workload:
+        return await run_workload(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{args.port}"
@@ -375,10 +406,12 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--model", required=True, help="the model name the server serves (its path)")
+    ap.add_argument("--model", default="", help="the model name the server serves (its path)")
     ap.add_argument("--port", type=int, default=8011)
-    ap.add_argument("--serve", required=True, help="bash command that execs the server (becomes the API server)")
-    ap.add_argument("--phases", required=True)
+    ap.add_argument("--serve", default="", help="bash command that execs the server (becomes the API server)")
+    ap.add_argument("--phases", default="")
+    ap.add_argument("--workload", default="", help="instead of --serve/--phases: a bash command that execs a "
+                    "program labelling its own phases into $LABELS (hf_workload.py); recorded until it exits")
     ap.add_argument("--pyspy", default="py-spy")
     ap.add_argument("--rate", type=int, default=50)
     ap.add_argument("--after", default="", help="bash command run after the recording, while the engine still serves")

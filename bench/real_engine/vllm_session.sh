@@ -4,6 +4,8 @@
 #
 #   bash bench/real_engine/vllm_session.sh small   recording of a 0.8 B model (vLLM's own CPU work
 #                                                  dominates), with a restart: $OUT/vllm-small.tar.gz
+#   bash bench/real_engine/vllm_session.sh hf      real transformers code in labelled phases (no vLLM
+#                                                  needed): $OUT/hf-transformers.tar.gz
 #   bash bench/real_engine/vllm_session.sh large   the agent itself watching a ~7 B model from before
 #                                                  vLLM starts, recorded at the same time, then the
 #                                                  agent's overhead on vLLM's tokens/s (bench/vllm_overhead.py)
@@ -63,6 +65,15 @@ EOF
   rm -f /tmp/rec/vllm-large/engine.log
   tar -C /tmp/rec -czf "$OUT/vllm-large.tar.gz" vllm-large
   ;;
-*) echo "usage: $0 small|large" >&2; exit 2 ;;
+hf)
+  # real HuggingFace transformers code, no server: the workload labels its own phases
+  python3 .vllm/mkmodel.py /tmp/m-tok > /dev/null || exit 1
+  timeout -s INT 300 python3 bench/real_engine/record.py --out /tmp/rec/hf-transformers --pyspy $PYSPY \
+    --workload "exec python3 bench/real_engine/hf_workload.py /tmp/m-tok \$LABELS --seconds 15"
+  cp /tmp/rec/hf-transformers/engine.log "$OUT/hf-engine.log"
+  rm -f /tmp/rec/hf-transformers/engine.log
+  tar -C /tmp/rec -czf "$OUT/hf-transformers.tar.gz" hf-transformers
+  ;;
+*) echo "usage: $0 small|large|hf" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
