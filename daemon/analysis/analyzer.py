@@ -38,6 +38,7 @@ log = logging.getLogger("infersight.analysis")
 
 MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart after a long stop)
 KEEP_SECONDS_S = 3 * 3600    # at most this much of an open gap run's seconds is kept in memory
+STACKS_KEEP_S = 900          # seconds of an open run whose stacks stay in memory for attribution
 BRIDGE_MAX_S = 5             # busy seconds that can join two starved stretches of one culprit
 
 
@@ -205,6 +206,13 @@ class Analyzer:
         keep_from = max(st.gaps.open_since() or t_to, t_to - KEEP_SECONDS_S)
         for t in [t for t in st.seconds if t < keep_from]:
             del st.seconds[t]
+        # a long open run keeps each second's thread split (its culprit vote) but only the
+        # last STACKS_KEEP_S seconds' stacks: its code is named from its recent behaviour
+        for t in [t for t in st.seconds if t < t_to - STACKS_KEEP_S]:
+            for p in st.seconds[t].processes:
+                if p.work is not None:
+                    for th in p.work.threads:
+                        th.own_stacks = {}
         return events
 
     def _feed_gap(self, st: GpuState, t: int, feed_class: str, culprit: str | None, features: dict) -> list[Segment]:

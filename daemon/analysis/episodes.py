@@ -4,8 +4,9 @@ A gap run already ends when its class changes. Within one class, a new episode s
 the culprit changes -- another process or thread starving the GPU -- or when the culprit's
 stack profile changes: the total-variation distance between this second's distribution of
 own-work leaf frames and the episode's running distribution exceeds the distance sampling
-noise alone would give (:func:`noise_tv`, ~0.45 for one second of 35 samples over a dozen
-leaves, as measured on real vLLM stacks) by ``margin`` for ``confirm_s`` consecutive seconds,
+noise alone would give (:func:`noise_tv`: 0.22 for 35 samples over 12 equally likely leaves;
+0.4-0.6 measured between seconds of one real vLLM phase, whose profiles have long tails of
+rare leaves, against 0.75-1.0 at its phase changes) by ``margin`` for ``confirm_s`` consecutive seconds,
 or when the load it serves changes by ``load_factor`` or more (requests in flight, e.g. 128
 streams giving way to one: the same code at another scale is another behaviour), (a distribution, not a single top leaf, so two seconds of
 one workload with different top leaves stay one episode). A new episode first settles for
