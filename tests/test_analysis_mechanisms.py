@@ -51,6 +51,11 @@ def _proc(t, share, cpu, role="engine_core", start=0.0, exited=None):
 def test_startup_share_counts_stacks_with_start_up_code_anywhere():
     assert startup_share({IMPORT: 3, WORK: 1}) == 0.75
     assert startup_share({}) == 0.0
+    build = (("main", "w.py", 1), ("LlamaDecoderLayer.__init__", "transformers/models/llama/modeling_llama.py", 9),
+             ("Linear.reset_parameters", "torch/nn/modules/linear.py", 3))
+    request = (("main", "w.py", 1), ("Request.__init__", "vllm/v1/request.py", 4))
+    assert startup_share({build: 1}) == 1.0
+    assert startup_share({request: 1}) == 0.0
 
 
 def test_an_engine_stays_starting_through_a_pause_until_it_serves_or_idles_with_metrics_up():

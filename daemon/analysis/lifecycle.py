@@ -6,7 +6,8 @@ starved GPU and must never page anyone. Per serving process:
 
 - it **enters** start-up while young (started less than ``startup_max_s`` ago) when most of
   its active samples run start-up code: imports, torch.compile (dynamo, inductor), Triton
-  compilation, CUDA-graph capture, weight loading -- library code every engine shares;
+  compilation, CUDA-graph capture, model construction and weight loading -- library code
+  every engine shares, and the conventional names of loading and capture steps;
 - it **leaves** start-up when it serves (requests in flight or tokens flowing), when it goes
   quiet (own CPU under ``QUIET_CPU_PCT`` for ``QUIET_S`` seconds: ready, no traffic) while its
   engine's metrics answer, when it is no longer young, or -- for a process that belongs to no
@@ -32,6 +33,15 @@ STARTUP_FILE = re.compile("|".join((
     r"(^|/)safetensors/", r"(^|/)torch/serialization\.py", r"(^|/)huggingface_hub/", r"(^|/)torch/_subclasses/",
     r"(^|/)torch/fx/", r"(^|/)torch/utils/cpp_extension\.py",
 )))
+# model construction and loading: (file, function) pairs; a constructor counts only in model
+# code, since serving code builds request objects all the time
+STARTUP_FUNCTION = re.compile("|".join((
+    r"(^|/)torch/nn/init\.py:", r"(^|/)torch/nn/modules/.*:(.*\.)?(__init__|reset_parameters|_apply|to|cuda)$",
+    r"(^|/)transformers/models/.*:(.*\.)?__init__$",
+    r"(^|/)transformers/.*:(.*\.)?(from_pretrained|_init_weights|init_weights|post_init|_load_pretrained_model|"
+    r"tie_weights|load_state_dict)$",
+    r":(.*\.)?(load_model|load_weights|_load_from_state_dict|capture_model|compile_or_warm_up_model)$",
+)))
 # roles only discovery's engine patterns give: such a process has a health signal (its
 # engine's metrics) to wait for before it counts as ready
 ENGINE_ROLES = ("api_server", "engine_core", "worker")
@@ -48,8 +58,12 @@ def startup_share(stacks: dict[tuple[Frame, ...], int]) -> float:
     total = sum(stacks.values())
     if not total:
         return 0.0
-    hit = sum(n for path, n in stacks.items() if any(STARTUP_FILE.search(frame[1]) for frame in path))
+    hit = sum(n for path, n in stacks.items() if any(_is_startup(frame) for frame in path))
     return hit / total
+
+
+def _is_startup(frame: Frame) -> bool:
+    return bool(STARTUP_FILE.search(frame[1]) or STARTUP_FUNCTION.search(f"{frame[1]}:{frame[0]}"))
 
 
 @dataclass
