@@ -3,7 +3,7 @@
 Run on the writer thread via ``Store.write(run_maintenance, policy, now)``:
 1. rollups: 1 s data older than ``rollup_after_s`` is replaced by one row per
    ``rollup_bucket_s`` bin (stack counts summed, gauges averaged, histogram deltas summed per
-   bucket, analysis windows merged into runs of one class), so long ranges stay cheap;
+   bucket, analysis windows to the seconds of each class), so long ranges stay cheap;
    a watermark per table (table ``rollups``) makes each bin roll up once;
 2. age: rows older than ``retention_s`` are deleted from every time table;
 3. size: while the data in use exceeds ``max_bytes``, the oldest hour is deleted;
@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from infersight.storage import window_features as wf
 from infersight.storage.intern import IDLE_S, Interner, prune_unreferenced, wants_interner
 from infersight.storage.model import GPU_SIGNALS
-from infersight.storage.ui_queries import RUN_JOIN_S
 
 # table -> time column (stack tables use integer buckets)
 TIME_TABLES = {
@@ -72,16 +71,19 @@ def _histogram_select(bin_expr: str) -> str:
 
 
 def _windows_select(bin_expr: str) -> str:
-    """Consecutive windows of one class within a bin become one window (a run), so class
-    seconds and the UI's class runs stay exact; features as window_features.rollup_aggregates."""
+    """One window per class and bin, as long as the seconds of that class in the bin, laid end
+    to end from the bin's first window in the order the classes first appear: class seconds
+    stay exact, the order within a bin (like every rolled-up table's) is lost. Features as
+    window_features.rollup_aggregates."""
     return f"""
         WITH w AS (SELECT *, {bin_expr} AS bin FROM windows WHERE start >= ? AND start < ?),
-        m AS (SELECT *, CASE WHEN klass IS NOT DISTINCT FROM lag(klass) OVER p
-                              AND start - lag("end") OVER p <= {RUN_JOIN_S} THEN 0 ELSE 1 END AS brk
-              FROM w WINDOW p AS (PARTITION BY gpu, bin ORDER BY start)),
-        r AS (SELECT *, sum(brk) OVER (PARTITION BY gpu, bin ORDER BY start ROWS UNBOUNDED PRECEDING) AS run FROM m)
-        SELECT min(start) AS start, max("end") AS "end", gpu, any_value(klass) AS klass, {wf.rollup_aggregates()}
-        FROM r GROUP BY gpu, bin, run"""
+        c AS (SELECT gpu, bin, klass, min(start) AS first, sum("end" - start) AS seconds,
+                     {wf.rollup_aggregates()}
+              FROM w GROUP BY gpu, bin, klass),
+        o AS (SELECT *, min(first) OVER b + coalesce(sum(seconds) OVER (b ORDER BY first, klass
+                  ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS laid_at
+              FROM c WINDOW b AS (PARTITION BY gpu, bin))
+        SELECT laid_at AS start, laid_at + seconds AS "end", gpu, klass, {wf.select_sql()} FROM o"""
 
 
 # table -> (time column, columns the SELECT gives after the time column, SELECT of one range

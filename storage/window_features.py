@@ -14,8 +14,8 @@ went in:
   as null too.
 
 Bits and columns are only ever appended (a stored mask names columns by position). A rolled
-up window (storage/retention.py) holds the mean of each float over its seconds, the most
-common value of the others and the union of the masks.
+up window (storage/retention.py: the seconds of one class in one bin) holds the mean of each
+float over its seconds, the most common value of the others and the union of the masks.
 """
 from __future__ import annotations
 
@@ -120,13 +120,13 @@ def json_sql(alias: str = "") -> str:
 
 
 def rollup_aggregates(alias: str = "") -> str:
-    """The aggregates of a rolled-up window, in :func:`select_sql` order: the union of the masks,
-    the mean of each float, the most common value of the others, one ``extra`` (the first)."""
+    """The aggregates of a rolled-up window, named and ordered as :func:`select_sql`: the union
+    of the masks, the mean of each float, the most common value of the others, one ``extra``."""
     p = f"{alias}." if alias else ""
-    aggs = [f"bit_or({p}present)"]
+    aggs = [f"bit_or({p}present) AS present"]
     for name, kind in FEATURES:
-        aggs.append(f'avg({p}"{name}")' if kind == "DOUBLE" else f'mode({p}"{name}")')
-    aggs.append(f"any_value({p}extra)")
+        aggs.append(f'{"avg" if kind == "DOUBLE" else "mode"}({p}"{name}") AS "{name}"')
+    aggs.append(f"any_value({p}extra) AS extra")
     return ", ".join(aggs)
 
 

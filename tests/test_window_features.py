@@ -1,6 +1,6 @@
 """Analysis windows as typed columns: the features dict comes back exactly as it went in
 (through both write paths, a migrated old file and the Parquet export's JSON), and windows and
-histogram deltas roll up past ``rollup_after`` keeping class seconds, runs and bucket counts."""
+histogram deltas roll up past ``rollup_after`` keeping class seconds and bucket counts."""
 from __future__ import annotations
 
 import math
@@ -96,25 +96,31 @@ def test_a_version_3_file_is_converted_with_every_feature_kept(tmp_path):
         store.close()
 
 
-def test_windows_roll_up_into_runs_per_bin_keeping_class_seconds(store):
-    # two minutes of 1 s windows: 20 s compute, 25 s idle, 15 s compute | 60 s memory-bound,
-    # then a minute that stays at 1 s
+def test_windows_roll_up_to_the_seconds_of_each_class_per_bin(store):
+    # minute 1: 20 s compute, 25 s idle, 15 s compute; minute 2: 60 s memory-bound but for a
+    # missing second; minute 3 stays at 1 s
     classes = ["compute_bound"] * 20 + ["idle"] * 25 + ["compute_bound"] * 15 + ["memory_bound"] * 60
     ws = [Window(float(T0 + i), float(T0 + i + 1), 0, k,
                  {"sm_util": float(i), "busiest_pid": 7 if i % 3 else 8, "mode": "gpm", "running": 1.0})
-          for i, k in enumerate(classes + ["idle"] * 60)]
-    store.write_sync(q_events.replace_windows, 0, float(T0), float(T0 + 180), ws)
+          for i, k in enumerate(classes + ["idle"] * 60) if i != 90]
+    ws.append(Window(float(T0 + 30), float(T0 + 31), 1, "idle", {"util_gpu": 0.0}))   # another GPU, one second
+    store.write_sync(q_events.replace_windows, 0, float(T0), float(T0 + 180), [w for w in ws if w.gpu == 0])
+    store.write_sync(q_events.replace_windows, 1, float(T0), float(T0 + 180), [w for w in ws if w.gpu == 1])
     seconds_before = store.read_sync(q_events.class_seconds, T0, T0 + 180)
-    runs_before = store.read_sync(ui_queries.class_runs, T0, T0 + 180)
     removed = store.write_sync(retention.rollup, T0 + 120, 60)
-    assert removed == 120 - 4
+    assert removed == (120 - 1 + 1) - 4
     got = store.read_sync(q_events.windows, T0, T0 + 120)
-    assert [(w["start"] - T0, w["end"] - T0, w["class"]) for w in got] == [
-        (0, 20, "compute_bound"), (20, 45, "idle"), (45, 60, "compute_bound"), (60, 120, "memory_bound")]
-    # the mean of each float, the most common pid (7: two seconds in three)
-    assert got[0]["features"] == {"sm_util": 9.5, "running": 1.0, "busiest_pid": 7, "mode": "gpm"}
+    # each class's seconds laid end to end from the bin's first window, in order of appearance
+    assert [(w["gpu"], w["start"] - T0, w["end"] - T0, w["class"]) for w in got] == [
+        (0, 0, 35, "compute_bound"), (0, 35, 60, "idle"), (0, 60, 119, "memory_bound"), (1, 30, 31, "idle")]
+    # the mean of each float over the class's seconds, the most common pid (7: two seconds in three)
+    assert got[0]["features"] == {"sm_util": (sum(range(20)) + sum(range(45, 60))) / 35, "running": 1.0,
+                                  "busiest_pid": 7, "mode": "gpm"}
+    assert got[3]["features"] == {"util_gpu": 0.0}
     assert store.read_sync(q_events.class_seconds, T0, T0 + 180) == seconds_before
-    assert store.read_sync(ui_queries.class_runs, T0, T0 + 180) == runs_before
+    runs = store.read_sync(ui_queries.class_runs, T0, T0 + 180)
+    assert [(s - T0, e - T0, k) for s, e, k in runs[0]] == [
+        (0, 35, "compute_bound"), (35, 60, "idle"), (60, 119, "memory_bound"), (120, 180, "idle")]
     assert len(store.read_sync(q_events.windows, T0 + 120, T0 + 180)) == 60   # the newest minute stays at 1 s
 
 
