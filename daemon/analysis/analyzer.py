@@ -319,7 +319,10 @@ class Analyzer:
                       f" while {tokens:.0f} tokens/s flowed" if tokens else "")
                    + who
                    + (f"; top frame {top['frame']} {top['share'] * 100:.0f}%"
-                      + ("" if culprit else f" ({top['role']} pid {top['pid']})") if top else ""))
+                      + ("" if culprit else f" ({top['role']} pid {top['pid']})") if top else "")
+                   + (f"; its time splits under {hot_paths[0]['via']}: " if hot_paths and hot_paths[0]["via"] else
+                      "; its time splits: " if hot_paths else "")
+                   + ", ".join(f"{h['frame']} {h['share'] * 100:.0f}%" for h in hot_paths[:3]))
         evidence = {
             "duration_s": seg.duration, "lost_gpu_s": round(lost, 2), "gpu_idle_pct": round(idle_pct, 1),
             "sm_util_mean": _round(_mean([s.sm_util for s in secs])),
