@@ -1,7 +1,7 @@
 """The real daemon on an existing store, fed the simulated default load in real time.
 
 usage: python bench/_agent_under_load.py DB [--listen 127.0.0.1:0] [--analysis-warm-hours H | --no-analysis]
-                                          [--duckdb-memory-limit 128MB]
+                                          [--duckdb-set NAME=VALUE ...] [--memory-probe S [--tracemalloc N]]
 
 Runs ``daemon.runtime.Daemon`` with the default config except: the store at DB, the web
 server on ``--listen``, and the hardware collectors (py-spy stacks, NVML, engine scraping)
@@ -15,13 +15,22 @@ open findings), and a daemon catches up at most one hour at start, so a run of a
 holds less than one running for hours. ``--analysis-warm-hours H`` has the analysis step
 over the store's last H hours before the daemon starts (as it would have while running), so
 the memory measured is that of an agent that has been up for H hours.
+
+``--memory-probe S`` (a profiling aid, not part of the figures) logs every S seconds what the
+process holds: RSS, Python's allocated blocks, and, once, RSS before and after glibc's
+``malloc_trim`` (memory freed but kept by the allocator); with ``--tracemalloc N`` (traced from
+the start, warm-up included) also the N source lines holding the most Python memory.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import gc
+import logging
 import sys
 import time
+import tracemalloc
 
 from _workload import Workload
 
@@ -86,28 +95,89 @@ class SimEngines:
         return merged
 
 
+def rss_parts() -> str:
+    """RSS and its anonymous and file-backed parts (code of Python and the libraries), in MB."""
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS", "RssAnon", "RssFile")):
+                name, value = line.split(":", 1)
+                fields[name] = int(value.split()[0]) / 1e3
+    return f"rss_mb={fields.get('VmRSS', 0):.1f} anon_mb={fields.get('RssAnon', 0):.1f} file_mb={fields.get('RssFile', 0):.1f}"
+
+
+def log_rss(phase: str) -> None:
+    """One ``event=memory`` line with the RSS at a phase of the start (read by bench/_rss.py)."""
+    logging.getLogger("infersight.bench").info("event=memory phase=%s %s py_blocks=%d", phase, rss_parts(),
+                                               sys.getallocatedblocks())
+
+
 def warm_analysis(hours: float):
     """A daemon component factory: the analysis, already stepped over the last ``hours``."""
 
     def factory(daemon: Daemon) -> Analyzer:
+        log_rss("store_open")
         analyzer = Analyzer(daemon.config, daemon.agent.store)
         now = time.time()
         t = now - hours * 3600
         while t < now:
             t = min(now, t + 600)
             analyzer.step(t)
+        log_rss("analysis_warm")
         return analyzer
 
     return factory
 
 
-def memory_limit(limit: str):
-    """A component factory that caps DuckDB's buffer pool (a what-if: the agent sets no limit)."""
+def duckdb_settings(settings: list[str]):
+    """A component factory applying ``NAME=VALUE`` DuckDB settings once the store is open
+    (what-ifs beside the agent's own settings, e.g. memory_limit=64MB)."""
 
     def factory(daemon: Daemon) -> None:
-        daemon.agent.store.write_sync(lambda con: con.execute(f"SET memory_limit = '{limit}'"))
+        for item in settings:
+            name, _, value = item.partition("=")
+            if not name.replace("_", "").isalnum():
+                raise SystemExit(f"bad DuckDB setting name {name!r}")
+            daemon.agent.store.write_sync(lambda con: con.execute(f"SET {name} = '{value}'"))
 
     return factory
+
+
+class MemoryProbe:
+    """A daemon component that logs what the process holds (see the module docstring)."""
+
+    name = "memory_probe"
+
+    def __init__(self, daemon: Daemon, interval_s: float, top: int) -> None:
+        self.store = daemon.agent.store
+        self.interval_s = interval_s
+        self.top = top
+        self.ticks = 0
+        self.log = logging.getLogger("infersight.bench")
+
+    async def tick(self) -> None:
+        self.ticks += 1
+        import psutil
+
+        parts = rss_parts()
+        rss = psutil.Process().memory_info().rss / 1e6
+        duck = await self.store.read(lambda cur: cur.execute(
+            "SELECT tag, memory_usage_bytes FROM duckdb_memory() WHERE memory_usage_bytes > 0").fetchall())
+        self.log.info("event=memory tick=%d %s py_blocks=%d gc_objects=%d duckdb_mb=%s", self.ticks, parts,
+                      sys.getallocatedblocks(), len(gc.get_objects()),
+                      ",".join(f"{tag}:{n / 1e6:.1f}" for tag, n in duck) or "0")
+        if self.ticks == 3:
+            libc = ctypes.CDLL("libc.so.6")
+            libc.malloc_trim(0)
+            after = psutil.Process().memory_info().rss / 1e6
+            self.log.info("event=malloc_trim rss_before_mb=%.1f rss_after_mb=%.1f", rss, after)
+        if self.top and tracemalloc.is_tracing():
+            snap = tracemalloc.take_snapshot()
+            total = sum(st.size for st in snap.statistics("filename"))
+            self.log.info("event=tracemalloc traced_mb=%.1f", total / 1e6)
+            for st in snap.statistics("lineno")[: self.top]:
+                self.log.info("event=tracemalloc_top size_kb=%.0f count=%d where=%s", st.size / 1e3, st.count,
+                              st.traceback[0])
 
 
 def main() -> int:
@@ -116,8 +186,13 @@ def main() -> int:
     ap.add_argument("--listen", default="127.0.0.1:0")
     ap.add_argument("--analysis-warm-hours", type=float, default=0.0)
     ap.add_argument("--no-analysis", action="store_true")
-    ap.add_argument("--duckdb-memory-limit", help="what-if: SET memory_limit on the store once open (e.g. 128MB)")
+    ap.add_argument("--duckdb-set", action="append", default=[], metavar="NAME=VALUE",
+                    help="what-if: SET a DuckDB setting once the store is open (repeatable)")
+    ap.add_argument("--memory-probe", type=float, default=0.0, help="log what the process holds every S seconds")
+    ap.add_argument("--tracemalloc", type=int, default=0, help="with --memory-probe: the N lines holding most")
     args = ap.parse_args()
+    if args.tracemalloc:
+        tracemalloc.start()
     overrides = {"storage.path": args.db, "web.listen": args.listen, "agent.host": "bench-host",
                  "collectors.stacks.enabled": False, "collectors.gpu.enabled": False,
                  "collectors.engines.enabled": False}
@@ -128,9 +203,13 @@ def main() -> int:
         components.append(warm_analysis(args.analysis_warm_hours))
     config = with_overrides(Config(), **overrides)
     setup_logging("info")
+    log_rss("imports")
     workload = Workload(config)
-    if args.duckdb_memory_limit:
-        components.insert(0, memory_limit(args.duckdb_memory_limit))
+    log_rss("workload")
+    if args.duckdb_set:
+        components.insert(0, duckdb_settings(args.duckdb_set))
+    if args.memory_probe:
+        components.append(lambda daemon: MemoryProbe(daemon, args.memory_probe, args.tracemalloc))
     daemon = Daemon(config, extra_collectors=[SimStacks(workload), SimGpu(workload), SimEngines(workload)],
                     components=components)
     return asyncio.run(daemon.run())

@@ -2,7 +2,8 @@
 
 A :class:`Figure` is one measured number with its unit and, where the issue sets one, a
 target: ``at_most`` (lower is better) or ``at_least``. ``ratio`` is measured / target, so a
-ratio of 0.25 on an ``at_most`` target means a quarter of the budget is used.
+ratio of 0.25 on an ``at_most`` target means a quarter of the budget is used. ``before`` is the
+same figure from an earlier run, printed beside it (bench/_baseline.py says which run).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Figure:
     target: float | None = None
     kind: str = "at_most"            # at_most or at_least
     note: str = ""
+    before: float | None = None      # the same figure measured before (bench/_baseline.py)
 
     @property
     def ratio(self) -> float | None:
@@ -51,9 +53,16 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def print_table(figures: list[Figure], title: str = "") -> None:
-    rows = [("figure", "measured", "target", "ratio", "verdict")] + [f.row() for f in figures]
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+def print_table(figures: list[Figure], title: str = "", before_label: str = "before") -> None:
+    """The figures as a table; a ``before_label`` column when any figure has a ``before``."""
+    with_before = any(f.before is not None for f in figures)
+    head = ("figure", "measured", "target", "ratio", "verdict")
+    rows = [head] + [f.row() for f in figures]
+    if with_before:
+        rows = [head[:2] + (before_label,) + head[2:]] + [
+            r[:2] + ("" if f.before is None else f"{_num(f.before)} {f.unit}",) + r[2:] for r, f in zip(rows[1:], figures)]
+    n = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
     if title:
         print(title)
     for i, r in enumerate(rows):

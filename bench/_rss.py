@@ -38,6 +38,7 @@ class RssReport:
     batches_dropped: int
     samples_mb: list[float] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    probe_lines: list[str] = field(default_factory=list)   # the agent's --memory-probe log lines
 
 
 def _get(url: str, timeout: float = 30.0) -> bytes:
@@ -97,6 +98,7 @@ def measure(db: str, seconds: float, helper_args: tuple[str, ...] = ()) -> RssRe
         reader.join(10)
     steady = rss[len(rss) // 2:]
     storage = health.get("storage", {})
+    probes = [line for line in lines if re.search(r"event=(memory|malloc_trim|tracemalloc)", line)]
     return RssReport(seconds, rss[0], statistics.median(steady), max(steady), max(rss), fds[0], fds[-1],
                      int(storage.get("rows_written", 0)), int(storage.get("batches_dropped", 0)), rss,
-                     list(health.get("problems", [])))
+                     list(health.get("problems", [])), probes)
