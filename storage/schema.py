@@ -114,6 +114,19 @@ MIGRATIONS: list[tuple[int, str, list[Step]]] = [
         last_sent DOUBLE, updated DOUBLE)""",
     ]),
     (4, "analysis windows: typed feature columns instead of JSON text", [_windows_as_columns]),
+    # findings' text (a summary sentence, evidence and top frames as JSON) takes zstd at about
+    # 45 % of the size of DuckDB's default string compression (measured on the 24 h bench store)
+    (5, "events: zstd for the text columns", [
+        """CREATE TABLE events_v5 (
+        id VARCHAR, kind VARCHAR, host VARCHAR, gpu INTEGER, start DOUBLE, "end" DOUBLE,
+        severity VARCHAR, klass VARCHAR, summary VARCHAR USING COMPRESSION zstd,
+        evidence VARCHAR USING COMPRESSION zstd, top_frames VARCHAR USING COMPRESSION zstd,
+        open BOOLEAN, updated DOUBLE)""",
+        """INSERT INTO events_v5 SELECT id, kind, host, gpu, start, "end", severity, klass, summary, evidence,
+        top_frames, open, updated FROM events""",
+        """DROP TABLE events""",
+        """ALTER TABLE events_v5 RENAME TO events""",
+    ]),
 ]
 
 CURRENT_VERSION = MIGRATIONS[-1][0]

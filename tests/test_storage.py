@@ -63,6 +63,28 @@ def test_migration_from_version_1_keeps_rows(tmp_path):
         s.close()
 
 
+def test_events_keep_their_rows_when_their_text_moves_to_zstd(tmp_path):
+    path = str(tmp_path / "v4.duckdb")
+    con = duckdb.connect(path)
+    assert schema.migrate(con, upto=4)[-1] == 4
+    con.execute("INSERT INTO events VALUES ('e1', 'cpu_gpu_gap', 'h', 0, 1.0, 5.0, 'warning', 'stall', "
+                "'GPU 0 stall', '{\"lost_gpu_s\": 3.5}', '[{\"frame\": \"f\"}]', false, 9.0)")
+    con.close()
+    s = Store.open(path)
+    try:
+        from infersight.storage import events as q_events
+        got = s.read_sync(q_events.event, "e1")
+        assert (got["summary"], got["evidence"], got["top_frames"], got["class"]) == (
+            "GPU 0 stall", {"lost_gpu_s": 3.5}, [{"frame": "f"}], "stall")
+        s.write_sync(lambda c: c.execute("CHECKPOINT"))
+        used = s.read_sync(lambda c: dict(c.execute(
+            "SELECT column_name, any_value(compression) FROM pragma_storage_info('events') "
+            "WHERE segment_type <> 'VALIDITY' GROUP BY 1").fetchall()))
+        assert {used[c] for c in ("summary", "evidence", "top_frames")} == {"ZSTD"}
+    finally:
+        s.close()
+
+
 def test_file_from_a_newer_version_is_refused(tmp_path):
     path = str(tmp_path / "future.duckdb")
     Store.open(path).close()
