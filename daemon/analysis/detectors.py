@@ -94,6 +94,11 @@ class MismatchDetector:
         out = [self._event(host, gpu, seg, foreign, False) for seg in self.finished]
         self.finished = []
         out += [self._event(host, gpu, seg, foreign, True) for seg in self.tracker.open_segments()]
+        # a finished run's event is final: only the run in progress needs its seconds' details
+        # again (they were 10-15 MB of an agent's memory when kept for 3 h)
+        first = self.tracker.open_since()
+        for t in [t for t in self.details if first is None or t < first]:
+            del self.details[t]
         return out
 
     def _event(self, host: str, gpu: int, seg: Segment, foreign: list[dict], open_: bool) -> Event:
