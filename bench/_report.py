@@ -53,8 +53,9 @@ def _num(v: float) -> str:
     return f"{v:.3g}"
 
 
-def print_table(figures: list[Figure], title: str = "", before_label: str = "before") -> None:
-    """The figures as a table; a ``before_label`` column when any figure has a ``before``."""
+def print_table(figures: list[Figure], title: str = "", before_label: str = "before", before_note: str = "") -> None:
+    """The figures as a table; a ``before_label`` column (explained by ``before_note``) when
+    any figure has a ``before``."""
     with_before = any(f.before is not None for f in figures)
     head = ("figure", "measured", "target", "ratio", "verdict")
     rows = [head] + [f.row() for f in figures]
@@ -69,6 +70,8 @@ def print_table(figures: list[Figure], title: str = "", before_label: str = "bef
         print("  " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
         if i == 0:
             print("  " + "  ".join("-" * w for w in widths))
+    if with_before and before_note:
+        print(f"  {before_note}")
     for f in figures:
         if f.note:
             print(f"  note ({f.name}): {f.note}")

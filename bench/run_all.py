@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _baseline import label as before_label
+from _baseline import note as before_note
 from _report import Figure, machine, print_table
 
 HERE = Path(__file__).resolve().parent
@@ -95,7 +97,7 @@ def main() -> int:
     if figures:
         print()
         print_table(figures, "figures against the issue's targets" + (" (QUICK RUN: not figures to record)"
-                                                                      if args.quick else ""))
+                                                                      if args.quick else ""), before_label(), before_note())
     return 0 if all(status in (0, NOT_HERE) for _, status, _ in results) else 1
 
 
