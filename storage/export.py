@@ -4,7 +4,9 @@ Each exported table is self-contained, so files from many hosts can be queried t
 DuckDB, ClickHouse, Trino or Spark without this host's dimension tables: interned ids are
 resolved (a stack becomes its frames, root first, plus the same folded text as
 ``storage.render.folded``; a target becomes pid, start_time and role; an endpoint its URL).
-Unsigned integers are widened to signed types, which every reader supports. Times stay
+Unsigned integers are widened to signed types, which every reader supports. A window's
+``features`` stay one JSON text column, as ``/api/windows`` answers them, though the store keeps
+them as typed columns (storage/window_features.py). Times stay
 Unix seconds (DOUBLE, or INTEGER seconds for stack buckets). The host is not a column: it is
 a partition key of the directory tree (daemon/export.py), and a column of the same name
 would clash with it.
