@@ -140,3 +140,23 @@ def test_entries_in_use_survive_rotations_and_idle_ones_go(tmp_path):
     it.rotate()
     it.rotate()                               # RARE unused for two rotations, HOT for two as well
     assert it.stack(RARE) != cold and it.stack(HOT) != hot
+
+
+def test_the_reader_node_cache_stays_bounded_and_right(tmp_path):
+    store = Store.open(str(tmp_path / "c.duckdb"), host="testhost", flush_interval_s=0.05)
+    try:
+        stacks_ = [_distinct_stack(i) for i in range(40)]
+        for i, frames in enumerate(stacks_):
+            store.submit(batch(T0 + i, [(frames, 1)]))
+        store.flush()
+        leaves = store.read_sync(lambda c: [r[0] for r in c.execute(
+            "SELECT stack FROM stack_samples ORDER BY bucket").fetchall()])
+        cache = stacks._NodeCache(max_items=30, max_dbs=2)
+        for _ in range(3):
+            for i in range(0, 40, 5):        # a few leaves at a time, as queries ask
+                got = store.read_sync(cache.paths, leaves[i:i + 5])
+                assert [got[leaf] for leaf in leaves[i:i + 5]] == [key(f) for f in stacks_[i:i + 5]]
+                db = next(iter(cache.by_db.values()))
+                assert db.items <= 30 + 5 * 7     # cleared once past the cap, then one query's worth
+    finally:
+        store.close()
