@@ -115,17 +115,18 @@ def table_bytes(path: str, scratch_dir: str) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     src = duckdb.connect(path, read_only=True)
     try:
-        tables = [r[0] for r in src.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() ORDER BY 1").fetchall()]
+        # the table's own DDL: it carries column compression (events' text is zstd)
+        tables = src.execute("SELECT table_name, sql FROM duckdb_tables() WHERE database_name = current_database() "
+                             "ORDER BY 1").fetchall()
     finally:
         src.close()
-    for table in tables:
+    for table, ddl in tables:
         scratch = os.path.join(scratch_dir, f"t_{table}.duckdb")
         remove_db(scratch)
         con = duckdb.connect(scratch)
         try:
             con.execute("ATTACH ? AS src (READ_ONLY)", [path])
-            con.execute(f'CREATE TABLE "{table}" AS SELECT * FROM src."{table}" LIMIT 0')
+            con.execute(ddl)
             con.execute("CHECKPOINT")
             before = _file_bytes(scratch)
             con.execute(f'INSERT INTO "{table}" SELECT * FROM src."{table}"')

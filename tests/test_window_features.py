@@ -113,8 +113,9 @@ def test_windows_roll_up_to_the_seconds_of_each_class_per_bin(store):
     # each class's seconds laid end to end from the bin's first window, in order of appearance
     assert [(w["gpu"], w["start"] - T0, w["end"] - T0, w["class"]) for w in got] == [
         (0, 0, 35, "compute_bound"), (0, 35, 60, "idle"), (0, 60, 119, "memory_bound"), (1, 30, 31, "idle")]
-    # the mean of each float over the class's seconds, the most common pid (7: two seconds in three)
-    assert got[0]["features"] == {"sm_util": (sum(range(20)) + sum(range(45, 60))) / 35, "running": 1.0,
+    # the mean of each float over the class's seconds (to 3 decimals), the most common pid (7: two
+    # seconds in three)
+    assert got[0]["features"] == {"sm_util": round((sum(range(20)) + sum(range(45, 60))) / 35, 3), "running": 1.0,
                                   "busiest_pid": 7, "mode": "gpm"}
     assert got[3]["features"] == {"util_gpu": 0.0}
     assert store.read_sync(q_events.class_seconds, T0, T0 + 180) == seconds_before
