@@ -210,6 +210,10 @@ class AnalysisConfig:
                             min=10)
     saturation_min_s: float = opt(10.0, "busy-and-queue-growing must last this long to report saturation (seconds)",
                                   min=2)
+    straggler_min_s: float = opt(5.0, "a straggler among the ranks of one engine (one rank on its own work or its "
+                                 "GPU busier while the other ranks wait in collectives) lasts this long to become "
+                                 "an event (seconds): one slow step is noise, a rank that lags second after second "
+                                 "slows every step of the engine", min=1)
     regression_window_s: float = opt(900.0, "length of the periods compared for regressions (seconds)", min=60)
     regression_baseline: str = opt("previous", "baseline for regressions: previous (the window before) or "
                                    "yesterday (same time one day earlier)", choices=("previous", "yesterday"))
