@@ -1,5 +1,5 @@
-"""What each thread of a serving process did in one second: its own work, waiting, or
-waiting on the GPU.
+"""What each thread of a serving process did in one second: its own work, waiting, waiting
+on the GPU, or waiting in a collective.
 
 - **Waiting** threads (an event loop polling, a selector, a condition or queue wait, an idle
   pool worker) are recognised by their leaf frame in the standard library and the common
@@ -10,6 +10,14 @@ waiting on the GPU.
   the GPU's SM activity is the CPU blocking on the GPU (an implicit sync: ``.item()``,
   ``.tolist()``, ``bool(tensor)``, a copy to the host), whatever its name. The explicit
   syncs of torch, CuPy and JAX are known from the start.
+- **Waiting in a collective** (a rank of a tensor-parallel engine in an all-reduce, a
+  broadcast, a barrier, or reading the engine's step broadcast) is recognised by library
+  code, stable across models: the deepest frame of the stack that is not plumbing (context
+  managers, decorators, torch's op dispatch, ctypes) lies in ``torch/distributed/``, vLLM's
+  or SGLang's ``distributed/`` communicators and collectives, an NCCL binding, ``mpi4py`` or
+  DeepSpeed's ``comm``. It waits on the other ranks (their CPU or their GPU), so it is never
+  own work; a collective's caller above it (``GroupCoordinator.graph_capture`` around a
+  model's forward) does not make its callees waits.
 - Everything else is the thread's **own work**, which is what can starve a GPU.
 """
 from __future__ import annotations
@@ -36,6 +44,23 @@ GPU_WAIT_LEAF = re.compile("|".join((
     r"torch/cuda/(streams|__init__)\.py:.*synchronize$", r"cupy/.*:.*[sS]ynchronize$", r"jax/.*:block_until_ready$",
 )))
 
+# ``file:function`` of frames that do collective communication (module docstring)
+COLLECTIVE_FRAME = re.compile("|".join((
+    r"(^|/)torch/distributed/", r"(^|/)(vllm|sglang/srt)/distributed/device_communicators/",
+    r"(^|/)(vllm|sglang/srt)/distributed/communication_op\.py:",
+    (r"(^|/)(vllm|sglang/srt)/distributed/parallel_state\.py:(\w+\.)?_?(all_reduce|all_gather|reduce_scatter"
+     r"|gather|broadcast|send|recv|isend|irecv|barrier|all_to_all|dispatch|combine)"),
+    r"(^|/)(vllm|sglang/srt)/distributed/utils\.py:(sched_yield|StatelessProcessGroup\.)",
+    r"(^|/)[\w.]*nccl[\w.]*(/|\.py:)", r"(^|/)mpi4py/", r"(^|/)deepspeed/comm/",
+)))
+# frames a collective may call without the thread leaving it: context managers, decorators,
+# torch's op dispatch (custom ops registered in Python), ctypes, yielding and polling
+PLUMBING_FRAME = re.compile("|".join((
+    r"(^|/)contextlib\.py:", r"(^|/)functools\.py:", r"(^|/)torch/_ops\.py:", r"(^|/)torch/_library/",
+    r"(^|/)torch/utils/_contextlib\.py:", r"(^|/)torch/_compile\.py:", r"(^|/)torch/_dynamo/eval_frame\.py:",
+    r"(^|/)ctypes/", r"(^|/)threading\.py:", r"(^|/)zmq/", r"(^|/)selectors\.py:", r"^time:sleep$",
+)))
+
 
 def leaf_key(path: tuple[Frame, ...]) -> str:
     """``file:function`` of a stack's leaf ('' for an empty stack)."""
@@ -44,6 +69,18 @@ def leaf_key(path: tuple[Frame, ...]) -> str:
 
 def is_wait(path: tuple[Frame, ...]) -> bool:
     return bool(path) and bool(WAIT_LEAF.search(leaf_key(path)))
+
+
+def is_collective(path: tuple[Frame, ...]) -> bool:
+    """Whether the stack waits in collective communication: walking up from the leaf past
+    plumbing frames, the first other frame is collective code (module docstring)."""
+    for fn, file, _ in reversed(path):
+        key = f"{file}:{fn}"
+        if COLLECTIVE_FRAME.search(key):
+            return True
+        if not PLUMBING_FRAME.search(key):
+            return False
+    return False
 
 
 class GpuWaitLearner:
@@ -99,13 +136,16 @@ class GpuWaitLearner:
 
 @dataclass
 class ThreadWork:
-    """One thread's second, split: own work, waits, GPU waits (active samples)."""
+    """One thread's second, split: own work, waits, GPU waits, collective waits (active
+    samples), and the samples that found it idle (recorded with py-spy's ``--idle`` only)."""
 
     tid: int
     name: str
     own: int = 0
     wait: int = 0
     gpu_wait: int = 0
+    collective: int = 0
+    idle: int = 0
     own_stacks: dict[tuple[Frame, ...], int] = field(default_factory=dict)
 
 
@@ -118,7 +158,7 @@ class ProcessWork:
 
     @property
     def active(self) -> int:
-        return sum(t.own + t.wait + t.gpu_wait for t in self.threads)
+        return sum(t.own + t.wait + t.gpu_wait + t.collective for t in self.threads)
 
     @property
     def own(self) -> int:
@@ -127,6 +167,10 @@ class ProcessWork:
     @property
     def gpu_wait(self) -> int:
         return sum(t.gpu_wait for t in self.threads)
+
+    @property
+    def collective(self) -> int:
+        return sum(t.collective for t in self.threads)
 
     def busiest_thread(self) -> ThreadWork | None:
         best = max(self.threads, key=lambda t: t.own, default=None)
@@ -142,13 +186,19 @@ class ProcessWork:
 
 
 def split_process(pid: int, threads: list[ThreadSecond], gpu_waits: frozenset[str]) -> ProcessWork:
-    """Sort each active sample of ``pid``'s threads into own work, wait or GPU wait."""
+    """Sort each active sample of ``pid``'s threads into own work, wait, GPU wait or
+    collective wait. An explicit GPU sync wins; a collective comes before the learned GPU
+    waits (its leaf rises with the GPU's activity too, but what it waits for is the peers)."""
     work = ProcessWork(pid)
     for ts in threads:
-        tw = ThreadWork(ts.tid, ts.name)
+        tw = ThreadWork(ts.tid, ts.name, idle=ts.idle)
         for path, n in ts.active.items():
             key = leaf_key(path)
-            if GPU_WAIT_LEAF.search(key) or key in gpu_waits:
+            if GPU_WAIT_LEAF.search(key):
+                tw.gpu_wait += n
+            elif is_collective(path):
+                tw.collective += n
+            elif key in gpu_waits:
                 tw.gpu_wait += n
             elif is_wait(path):
                 tw.wait += n
