@@ -24,6 +24,7 @@ from infersight.daemon.analysis.episodes import EpisodeTracker
 from infersight.daemon.analysis.lifecycle import Lifecycle, startup_share
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import EngineScope, build_seconds, serving_pids
+from infersight.daemon.analysis.straggler import StragglerDetector
 from infersight.daemon.analysis.threads import GpuWaitLearner, is_wait, leaf_key, split_process
 from infersight.daemon.config.load import Config
 from infersight.daemon.gpu.peaks import peaks_for
@@ -80,6 +81,7 @@ class Analyzer:
         self.done_until: int | None = None
         self.gpus: dict[int, GpuState] = {}
         self.regression = RegressionDetector(self.cfg)
+        self.straggler = StragglerDetector(self.cfg, self.rate_hz)
         self.ticks = 0
         self.last_error: str | None = None
         self.events_written = 0
@@ -139,6 +141,7 @@ class Analyzer:
         targets = self.store.read_sync(q.targets)
         for gpu in gpus:
             events += self._analyse_gpu(gpu, t_from, t_to, targets)
+        events += self.straggler.events(self.store, self.host, targets, t_from, t_to)
         events += self.regression.check(self.store, self.host, t_to)
         # an open finding that later seconds re-segmented (a transition second joined the next
         # phase) is replaced by the new segmentation: drop the old one
@@ -169,6 +172,7 @@ class Analyzer:
         peaks = peaks_for(self.store.read_sync(q.gpu_name, gpu))
         serving = serving_pids(targets, gpu)
         self._attach_work(st, gpu, seconds, t_from, t_to, serving, targets)
+        self.straggler.add(gpu, seconds)
         info = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
         windows = []
         finished: list[Segment] = []
@@ -258,8 +262,10 @@ class Analyzer:
                 learned = st.waits.waits(p.pid) if p.pid in holders else frozenset()
                 work = split_process(p.pid, mine, learned)
                 p.work = work
-                p.active = work.own + work.gpu_wait
-                p.gpu_wait = work.gpu_wait
+                # a rank in a collective waits on its peers: for the classifier that is
+                # waiting, like a GPU wait, never own work that starves its GPU
+                p.active = work.own + work.gpu_wait + work.collective
+                p.gpu_wait = work.gpu_wait + work.collective
                 every: dict = {}
                 for ts in mine:
                     for path, n in ts.active.items():
