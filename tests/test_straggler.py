@@ -118,21 +118,27 @@ def _rank_second(t, gpu, pid, stacks, sm):
     return Second(t=t, gpu=gpu, sm_util=sm, util_gpu=100.0, processes=[p])
 
 
-def _run_detector(store, rate, p_own, seconds, seed):
+TP2 = [_t(2, "engine_core", (0, 1)), _t(10, "worker", (0,)), _t(11, "worker", (1,))]
+
+
+def _feed(det, store, rate, p_own, start, seconds, seed):
     """Two ranks sampled at ``rate`` Hz, rank g on its own work with probability p_own[g]."""
     rng = random.Random(seed)
-    det = StragglerDetector(AnalysisConfig(), rate_hz=rate)
-    targets = [_t(2, "engine_core", (0, 1)), _t(10, "worker", (0,)), _t(11, "worker", (1,))]
-    found = []
-    for start in range(0, seconds, 300):
+    events = []
+    for piece in range(start, start + seconds, 300):
         for gpu, pid in ((0, 10), (1, 11)):
             secs = []
-            for t in range(start, start + 300):
+            for t in range(piece, piece + 300):
                 own = sum(rng.random() < p_own[gpu] for _ in range(rate))
                 secs.append(_rank_second(t, gpu, pid, {PREPARE: own, ALL_REDUCE: rate - own}, 60.0))
             det.add(gpu, secs)
-        found += [e for e in det.events(store, "h", targets, start, start + 300) if not e.open]
-    return found
+        events += det.events(store, "h", TP2, piece, piece + 300)
+    return events
+
+
+def _run_detector(store, rate, p_own, seconds, seed):
+    det = StragglerDetector(AnalysisConfig(), rate_hz=rate)
+    return [e for e in _feed(det, store, rate, p_own, 0, seconds, seed) if not e.open]
 
 
 def test_balanced_ranks_sampled_slowly_give_no_finding_in_an_hour(store):
@@ -146,6 +152,17 @@ def test_a_straggler_sampled_at_one_hertz_is_still_found(store):
     found = _run_detector(store, 1, {0: 0.1, 1: 0.95}, 600, seed=5)
     assert found and {(e.gpu, e.evidence["slow_rank"]["pid"], e.evidence["cause"]) for e in found} == {(1, 11, "cpu")}
     assert sum(e.end - e.start for e in found) >= 400
+
+
+def test_an_engine_that_goes_away_closes_its_open_straggler(store):
+    det = StragglerDetector(AnalysisConfig(), rate_hz=20)
+    events = _feed(det, store, 20, {0: 0.1, 1: 0.95}, 0, 300, seed=9)
+    assert events and all(e.open for e in events)
+    gone = [_t(2, "engine_core", (0, 1), exited=250.0), _t(10, "worker", (0,), exited=250.0),
+            _t(11, "worker", (1,), exited=250.0)]
+    closed = det.events(store, "h", gone, 300, 310)
+    assert [(e.open, e.gpu, e.end) for e in closed] == [(False, 1, 300.0)]
+    assert det.events(store, "h", gone, 310, 320) == [] and det.trackers == {}
 
 
 # -- end to end: the real GPU collector on a fake NVML of two GPUs, a store, the analyzer ------

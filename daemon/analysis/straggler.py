@@ -115,7 +115,7 @@ class Pooled:
         return self.collective + self.gpu_wait
 
 
-def rank_counts(gpu: int, s: Second, pid: int, role: str, rate_hz: float) -> RankCounts | None:
+def rank_counts(gpu: int, s: Second, pid: int, rate_hz: float) -> RankCounts | None:
     """The step thread of rank ``pid`` on ``gpu`` in second ``s`` (None without samples)."""
     p = next((p for p in s.processes if p.pid == pid), None)
     if p is None or p.work is None:
@@ -123,7 +123,7 @@ def rank_counts(gpu: int, s: Second, pid: int, role: str, rate_hz: float) -> Ran
     step = max(p.work.threads, key=lambda t: (t.own + t.gpu_wait + t.collective, -t.tid), default=None)
     if step is None or step.own + step.wait + step.gpu_wait + step.collective + step.idle == 0:
         return None
-    return RankCounts(gpu=gpu, pid=pid, role=role, tid=step.tid, thread=step.name or str(step.tid), own=step.own,
+    return RankCounts(gpu=gpu, pid=pid, role=RANK_ROLE, tid=step.tid, thread=step.name or str(step.tid), own=step.own,
                       wait=step.wait, gpu_wait=step.gpu_wait, collective=step.collective, idle=step.idle,
                       sm_util=s.sm_util, own_cpu_pct=p.own_cpu_pct(rate_hz), own_stacks=step.own_stacks)
 
@@ -196,36 +196,39 @@ class StragglerDetector:
         self.rate_hz = rate_hz
         self.pending: dict[int, list[Second]] = {}
         self.trackers: dict[tuple[int, ...], RunTracker] = {}
-        self.recent: dict[tuple[int, ...], deque[dict[int, RankCounts]]] = {}
+        self.recent: dict[tuple[int, ...], deque[tuple[int, dict[int, RankCounts]]]] = {}
         self.details: dict[tuple[int, ...], dict[int, dict[int, RankCounts]]] = {}
-        self.finished: dict[tuple[int, ...], list[Segment]] = {}
 
     def add(self, gpu: int, seconds: list[Second]) -> None:
         self.pending.setdefault(gpu, []).extend(seconds)
 
     def events(self, store: Store, host: str, targets: list[dict], t_from: int, t_to: int) -> list[Event]:
         pending, self.pending = self.pending, {}
+        # NVML's memory per pid places a worker listed on several GPUs; most hosts need no read
+        listed = {g for t in targets if t["role"] == RANK_ROLE and len(t["gpus"] or ()) > 1 for g in t["gpus"]}
         memory = {g: {pid: info["used_memory_bytes"] or 0.0 for pid, info in
-                      store.read_sync(q.gpu_processes, g, t_from, t_to).items()} for g in pending}
+                      store.read_sync(q.gpu_processes, g, t_from, t_to).items()} for g in sorted(listed)}
         info = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
         out: list[Event] = []
-        for ranks in engine_ranks(targets, memory, t_from):
-            key = tuple(sorted(ranks))
+        engines = {tuple(sorted(ranks)): ranks for ranks in engine_ranks(targets, memory, t_from)}
+        # an engine that went away (its workers exited) still closes its run
+        for key in sorted(set(engines) | set(self.trackers)):
+            ranks = engines.get(key, {})
             tracker = self.trackers.setdefault(key, RunTracker(("straggler",), MERGE_S, self.cfg.straggler_min_s))
             by_t: dict[int, dict[int, RankCounts]] = {}
             for gpu, pid in ranks.items():
                 for s in pending.get(gpu, ()):
-                    c = rank_counts(gpu, s, pid, RANK_ROLE, self.rate_hz)
+                    c = rank_counts(gpu, s, pid, self.rate_hz)
                     if c is not None:
                         by_t.setdefault(s.t, {})[gpu] = c
             details = self.details.setdefault(key, {})
-            done = self.finished.setdefault(key, [])
             recent = self.recent.setdefault(key, deque())
+            done: list[Segment] = []
             for t in sorted(by_t):
-                recent.append(by_t[t])
-                while len(recent) > POOL_MAX_S:
+                recent.append((t, by_t[t]))
+                while recent[0][0] <= t - POOL_MAX_S:
                     recent.popleft()
-                verdict = judge(_pool(key, recent))
+                verdict = judge(_pool(key, [counts for _, counts in recent]))
                 if verdict is None:
                     done += tracker.feed(t, "ok")
                     continue
@@ -235,7 +238,10 @@ class StragglerDetector:
             done += tracker.flush_until(t_to)
             out += [self._event(store, host, key, seg, details, info, False) for seg in done]
             out += [self._event(store, host, key, seg, details, info, True) for seg in tracker.open_segments()]
-            done.clear()
+            if not ranks and tracker.open_since() is None:
+                for state in (self.trackers, self.details, self.recent):
+                    del state[key]
+                continue
             first = tracker.open_since()
             for t in [t for t in details if first is None or t < first]:
                 del details[t]
@@ -312,7 +318,7 @@ def _foreign(store: Store, gpu: int, seg: Segment, info: dict[int, dict]) -> lis
     return out
 
 
-def _pool(key: tuple[int, ...], recent: deque[dict[int, RankCounts]]) -> list[Pooled]:
+def _pool(key: tuple[int, ...], recent: list[dict[int, RankCounts]]) -> list[Pooled]:
     """Each rank's counts over the newest seconds that reach MIN_SAMPLES (empty when a rank
     never does within the pool: no verdict)."""
     out = []
