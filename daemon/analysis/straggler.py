@@ -28,8 +28,8 @@ Python collective frame. Shares are pooled over the trailing seconds until each 
 - *cpu*: the rank with the most own work is on its own work for at least ``SLOW_OWN_MIN``
   of its samples and waits for at most ``SLOW_WAIT_MAX``, while every other rank waits
   (collectives or GPU) for at least ``PEER_WAIT_MIN`` and works less by ``Z_MIN`` standard
-  errors (sampling noise at low rates: without it, balanced ranks sampled at 1-10 Hz gave
-  5-30 false findings per hour in a simulation);
+  errors (sampling noise at low rates: without it, two balanced ranks each 50-70% on their
+  own work, sampled at 1-10 Hz, gave 5-31 false findings per simulated hour);
 - *gpu*: every rank but one waits for at least ``PEER_WAIT_MIN`` while that one's GPU is
   busier (SM at least ``SM_MARGIN_PTS`` points and ``SM_RATIO`` times above every other):
   extra GPU work on one GPU, the others' GPUs spinning in the collective.
