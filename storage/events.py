@@ -97,15 +97,15 @@ def event_counts(cur) -> dict[str, int]:
     return {k: int(n) for k, n in cur.execute("SELECT kind, count(*) FROM events GROUP BY 1").fetchall()}
 
 
-def windows(cur, t_from: float, t_to: float, gpu: int | None = None) -> list[dict[str, Any]]:
-    """Analysis windows starting in [t_from, t_to), oldest first."""
+def windows(cur, t_from: float, t_to: float, gpu: int | None = None, limit: int = 200_000) -> list[dict[str, Any]]:
+    """Analysis windows starting in [t_from, t_to), by GPU then oldest first, at most ``limit``."""
     params: list = [t_from, t_to]
     extra = ""
     if gpu is not None:
         extra = " AND gpu = ?"
         params.append(gpu)
     rows = cur.execute(f'SELECT start, "end", gpu, klass, {wf.select_sql()} FROM windows '
-                       f"WHERE start >= ? AND start < ?{extra} ORDER BY gpu, start LIMIT 200000", params).fetchall()
+                       f"WHERE start >= ? AND start < ?{extra} ORDER BY gpu, start LIMIT {int(limit)}", params).fetchall()
     decode = wf.Decoder()
     last = len(wf.NAMES) + 5
     return [{"start": r[0], "end": r[1], "gpu": r[2], "class": r[3], "features": decode(r[4], r[5:last], r[last])}
