@@ -3,10 +3,18 @@
 Pure functions over storage.stacks.Profile; no SQL. Frames merge by (function, file): the
 tree shows one node per call path of functions, and each node carries the line that
 contributed most of its samples.
+
+Nothing here recurses: real start-up stacks are hundreds of frames deep (vLLM's imports
+reach 243), beyond Python's recursion limit for some and beyond any fixed nesting budget,
+so trees are built and walked with explicit stacks. Every output is bounded by a node
+budget (``max_nodes``) that keeps the heaviest part and says what it left out.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from infersight.storage.stacks import FrameKey, Profile
 
@@ -42,42 +50,182 @@ def number(v: float) -> int | float:
     return int(r) if abs(v - r) < 1e-9 else round(v, 3)
 
 
+def _top_line(lines: dict[int, float]) -> int:
+    return max(lines, key=lines.get) if lines else 0
+
+
 def flame_tree(profile: Profile, max_nodes: int | None = None, min_share: float = 0.0) -> dict[str, Any]:
     """``{"name","value","file","line","children"}``; value = the subtree's total.
 
     Children are sorted by value, largest first. ``min_share`` drops subtrees below that
-    share of the total (their value stays in the parent); ``max_nodes`` caps the size.
+    share of the total (their value stays in the parent); ``max_nodes`` caps the size: nodes
+    are taken depth-first, heaviest child first, until the budget is spent. The root also
+    carries ``"nodes"`` (how many were returned) and ``"truncated"`` (whether the budget left
+    some out; a dropped subtree's value stays in its parent).
     """
-    root = _build(profile.stacks)
+    sink = _DictSink()
+    nodes, truncated = _flame_walk(_build(profile.stacks), sink, max_nodes, min_share)
+    sink.root.update(nodes=nodes, truncated=truncated)
+    return sink.root
+
+
+def flame_json(profile: Profile, max_nodes: int | None = None, min_share: float = 0.0,
+               extra: dict[str, Any] | None = None) -> bytes:
+    """:func:`flame_tree` as JSON text, written as the tree is walked (no nesting limit, no
+    dicts built), with ``extra`` fields added to the root."""
+    sink = _TextSink(extra)
+    nodes, truncated = _flame_walk(_build(profile.stacks), sink, max_nodes, min_share)
+    return sink.finish({"nodes": nodes, "truncated": truncated})
+
+
+def _flame_fields(node: _Node) -> dict[str, Any]:
+    return {"name": node.name, "value": number(node.value), "file": node.file, "line": _top_line(node.lines)}
+
+
+def _flame_walk(root: _Node, sink, max_nodes: int | None, min_share: float) -> tuple[int, bool]:
+    """Hand ``sink`` the tree depth-first, heaviest child first (enter/leave per node, the
+    root left open); returns (nodes handed, whether the budget left some out)."""
     floor = root.value * min_share
-    budget = [max_nodes if max_nodes is not None else float("inf")]
+    limit = max_nodes if max_nodes is not None else float("inf")
+    sink.enter(_flame_fields(root))
+    emitted = 1
+    # each entry: the remaining children of a node that is open in the sink
+    stack = [iter(sorted(root.children.values(), key=lambda c: -c.value))]
+    while stack:
+        child = next(stack[-1], None)
+        if child is None:
+            stack.pop()
+            if stack:
+                sink.leave()
+            continue
+        if child.value < floor or child.value <= 0:
+            continue
+        if emitted >= limit:
+            while len(stack) > 1:  # close every node still open, except the root
+                stack.pop()
+                sink.leave()
+            return emitted, True
+        sink.enter(_flame_fields(child))
+        emitted += 1
+        stack.append(iter(sorted(child.children.values(), key=lambda c: -c.value)))
+    return emitted, False
 
-    def emit(node: _Node) -> dict[str, Any]:
-        budget[0] -= 1
-        line = max(node.lines, key=node.lines.get) if node.lines else 0
-        out: dict[str, Any] = {"name": node.name, "value": number(node.value), "file": node.file, "line": line,
-                               "children": []}
-        for child in sorted(node.children.values(), key=lambda c: -c.value):
-            if child.value < floor or child.value <= 0 or budget[0] <= 0:
-                continue
-            out["children"].append(emit(child))
-        return out
 
-    return emit(root)
+class _DictSink:
+    """Builds the tree as nested dicts (``root`` once the walk is done)."""
+
+    def __init__(self) -> None:
+        self.root: dict[str, Any] = {}
+        self.open: list[dict[str, Any]] = []
+
+    def enter(self, fields: dict[str, Any]) -> None:
+        fields["children"] = []
+        if self.open:
+            self.open[-1]["children"].append(fields)
+        else:
+            self.root = fields
+        self.open.append(fields)
+
+    def leave(self) -> None:
+        self.open.pop()
 
 
-def folded(profile: Profile) -> str:
-    """Brendan Gregg's collapsed format: ``frame;frame;frame value`` per line, root first.
+class _TextSink:
+    """Writes the tree as JSON text while it is walked: a node's fields when it is entered,
+    its children's text, then ``]}`` when it is left, so depth costs no nesting anywhere.
+    ``extra`` fields go on the root (before its children), :meth:`finish`'s after them."""
+
+    def __init__(self, extra: dict[str, Any] | None) -> None:
+        self.extra = extra or {}
+        self.parts: list[bytes] = []
+        self.comma = False  # whether the next node entered follows a sibling
+
+    def enter(self, fields: dict[str, Any]) -> None:
+        if not self.parts:
+            fields = {**fields, **self.extra}
+        text = orjson.dumps(fields, option=orjson.OPT_SERIALIZE_NUMPY)
+        self.parts.append((b"," if self.comma else b"") + text[:-1] + b',"children":[')
+        self.comma = False
+
+    def leave(self) -> None:
+        self.parts.append(b"]}")
+        self.comma = True
+
+    def finish(self, trailer: dict[str, Any]) -> bytes:
+        """Close the root with ``trailer``'s fields; the document's bytes."""
+        self.parts.append(b"]," + orjson.dumps(trailer, option=orjson.OPT_SERIALIZE_NUMPY)[1:])
+        return b"".join(self.parts)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The stacks an export keeps: heaviest first, within a node and a frame budget.
+
+    ``nodes`` (None when unbounded) counts distinct call paths (prefixes of the kept stacks, frames told apart by
+    line as the exports write them), the analogue of the JSON tree's node budget; ``frames``
+    counts frame references written (the export's size grows with it, not with nodes).
+    """
+
+    stacks: list[tuple[tuple[FrameKey, ...], float]]
+    total_stacks: int
+    omitted_value: float
+    nodes: int | None
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.stacks) < self.total_stacks
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers saying what the export holds (text formats have no place for it)."""
+        return {"X-Infersight-Truncated": "true" if self.truncated else "false",
+                "X-Infersight-Stacks": f"{len(self.stacks)}/{self.total_stacks}",
+                "X-Infersight-Omitted-Value": str(number(self.omitted_value))}
+
+
+def heaviest_stacks(profile: Profile, max_nodes: int | None = None, max_frames: int | None = None) -> Selection:
+    """The profile's stacks (non-empty, positive value), heaviest first, as many as fit.
+
+    Stops at the first stack that would take the kept set past ``max_nodes`` distinct call
+    paths or ``max_frames`` frame references (None: no bound), so what is kept is always
+    the heaviest part of the profile.
+    """
+    ordered = sorted(((p, v) for p, v in profile.stacks.items() if p and v > 0), key=lambda kv: -kv[1])
+    if max_nodes is None and max_frames is None:
+        return Selection(ordered, len(ordered), 0.0, None)
+    trie: dict = {}
+    nodes = frames = 0
+    kept: list[tuple[tuple[FrameKey, ...], float]] = []
+    for path, value in ordered:
+        if max_frames is not None and frames + len(path) > max_frames:
+            break
+        new, level, walked = 0, trie, []
+        for f in path:
+            nxt = level.get(f)
+            if nxt is None:
+                new += 1
+                nxt = {}
+                walked.append((level, f, nxt))
+            level = nxt
+        if max_nodes is not None and nodes + new > max_nodes:
+            break
+        for parent, f, child in walked:
+            parent[f] = child
+        nodes += new
+        frames += len(path)
+        kept.append((path, value))
+    omitted = sum(v for _, v in ordered[len(kept):])
+    return Selection(kept, len(ordered), omitted, nodes)
+
+
+def folded(profile: Profile, selection: Selection | None = None) -> str:
+    """Brendan Gregg's collapsed format: ``frame;frame;frame value`` per line, root first,
+    heaviest stack first (all stacks, or those of ``selection``).
 
     Frames are written as ``function (file:line)``; semicolons and newlines inside names are
     replaced so a line always parses back into the same frames.
     """
-    lines = []
-    for path, value in sorted(profile.stacks.items(), key=lambda kv: -kv[1]):
-        if not path or value <= 0:
-            continue
-        names = ";".join(_folded_name(f) for f in path)
-        lines.append(f"{names} {number(value)}")
+    chosen = selection.stacks if selection is not None else heaviest_stacks(profile).stacks
+    lines = [f"{';'.join(_folded_name(f) for f in path)} {number(value)}" for path, value in chosen]
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -87,14 +235,14 @@ def _folded_name(f: FrameKey) -> str:
     return text.replace(";", ":").replace("\n", " ").replace("\r", " ")
 
 
-def speedscope(profile: Profile, name: str = "infersight") -> dict[str, Any]:
-    """A speedscope file (https://www.speedscope.app/file-format-schema.json), one sampled profile."""
+def speedscope(profile: Profile, name: str = "infersight", selection: Selection | None = None) -> dict[str, Any]:
+    """A speedscope file (https://www.speedscope.app/file-format-schema.json), one sampled
+    profile of all stacks or those of ``selection``."""
+    chosen = selection.stacks if selection is not None else [(p, v) for p, v in profile.stacks.items() if p and v > 0]
     frame_index: dict[FrameKey, int] = {}
     frames: list[dict[str, Any]] = []
     samples, weights = [], []
-    for path, value in profile.stacks.items():
-        if not path or value <= 0:
-            continue
+    for path, value in chosen:
         ids = []
         for f in path:
             idx = frame_index.get(f)
@@ -122,54 +270,119 @@ def speedscope(profile: Profile, name: str = "infersight") -> dict[str, Any]:
     }
 
 
-def diff_tree(a: Profile, b: Profile) -> dict[str, Any]:
+def diff_tree(a: Profile, b: Profile, max_nodes: int | None = None) -> dict[str, Any]:
     """One tree over both profiles: each node has ``a`` and ``b`` (values), ``value`` = b,
     and ``a_share``/``b_share``/``delta_share`` (share of each profile's total, so ranges of
-    different length compare fairly; delta = b_share - a_share)."""
+    different length compare fairly; delta = b_share - a_share).
+
+    Children are sorted by a + b, largest first; ``max_nodes`` caps the size as in
+    :func:`flame_tree` (the root carries ``"nodes"`` and ``"truncated"`` too).
+    """
+    sink = _DictSink()
+    nodes, truncated = _diff_walk(a, b, sink, max_nodes)
+    sink.root.update(nodes=nodes, truncated=truncated)
+    return sink.root
+
+
+def diff_json(a: Profile, b: Profile, max_nodes: int | None = None, extra: dict[str, Any] | None = None) -> bytes:
+    """:func:`diff_tree` as JSON text written while walking (see :func:`flame_json`)."""
+    sink = _TextSink(extra)
+    nodes, truncated = _diff_walk(a, b, sink, max_nodes)
+    return sink.finish({"nodes": nodes, "truncated": truncated})
+
+
+def _diff_walk(a: Profile, b: Profile, sink, max_nodes: int | None) -> tuple[int, bool]:
     ta, tb = _build(a.stacks), _build(b.stacks)
     total_a, total_b = ta.value or 1.0, tb.value or 1.0
 
-    def emit(na: _Node | None, nb: _Node | None, name: str, file: str) -> dict[str, Any]:
+    def fields(na: _Node | None, nb: _Node | None) -> dict[str, Any]:
         va = na.value if na else 0.0
         vb = nb.value if nb else 0.0
         lines = dict(nb.lines if nb else {})
         for k, v in (na.lines if na else {}).items():
             lines[k] = lines.get(k, 0.0) + v
-        out: dict[str, Any] = {
-            "name": name, "file": file, "line": max(lines, key=lines.get) if lines else 0,
-            "value": number(vb), "a": number(va), "b": number(vb),
-            "a_share": round(va / total_a, 6), "b_share": round(vb / total_b, 6),
-            "delta_share": round(vb / total_b - va / total_a, 6), "children": [],
-        }
-        keys = set(na.children if na else ()) | set(nb.children if nb else ())
-        kids = [emit(na.children.get(k) if na else None, nb.children.get(k) if nb else None, k[0], k[1])
-                for k in keys]
-        out["children"] = sorted(kids, key=lambda c: -(c["b"] + c["a"]))
-        return out
+        first = nb or na
+        return {"name": first.name, "file": first.file, "line": _top_line(lines),
+                "value": number(vb), "a": number(va), "b": number(vb),
+                "a_share": round(va / total_a, 6), "b_share": round(vb / total_b, 6),
+                "delta_share": round(vb / total_b - va / total_a, 6)}
 
-    return emit(ta, tb, ROOT, "")
+    def pairs(na: _Node | None, nb: _Node | None):
+        ka = na.children if na else {}
+        kb = nb.children if nb else {}
+        both = [(ka.get(k), kb.get(k)) for k in ka.keys() | kb.keys()]
+        both.sort(key=lambda p: -((p[0].value if p[0] else 0.0) + (p[1].value if p[1] else 0.0)))
+        return iter(both)
+
+    limit = max_nodes if max_nodes is not None else float("inf")
+    sink.enter(fields(ta, tb))
+    emitted = 1
+    stack = [pairs(ta, tb)]
+    while stack:
+        pair = next(stack[-1], None)
+        if pair is None:
+            stack.pop()
+            if stack:
+                sink.leave()
+            continue
+        if emitted >= limit:
+            while len(stack) > 1:
+                stack.pop()
+                sink.leave()
+            return emitted, True
+        sink.enter(fields(*pair))
+        emitted += 1
+        stack.append(pairs(*pair))
+    return emitted, False
+
+
+def _walk(tree: dict[str, Any]):
+    """Every node of a tree of dicts, depth-first, without recursion."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(node["children"])
 
 
 def top_changes(diff: dict[str, Any], limit: int = 20) -> list[dict[str, Any]]:
     """Functions whose self share changed most between a and b (by absolute change)."""
     self_a: dict[tuple[str, str], float] = {}
     self_b: dict[tuple[str, str], float] = {}
-
-    def walk(node: dict[str, Any]) -> None:
+    for node in _walk(diff):
+        if node is diff:
+            continue
         kids_a = sum(c["a_share"] for c in node["children"])
         kids_b = sum(c["b_share"] for c in node["children"])
-        if node["name"] != ROOT:
-            key = (node["name"], node["file"])
-            self_a[key] = self_a.get(key, 0.0) + max(0.0, node["a_share"] - kids_a)
-            self_b[key] = self_b.get(key, 0.0) + max(0.0, node["b_share"] - kids_b)
-        for c in node["children"]:
-            walk(c)
+        key = (node["name"], node["file"])
+        self_a[key] = self_a.get(key, 0.0) + max(0.0, node["a_share"] - kids_a)
+        self_b[key] = self_b.get(key, 0.0) + max(0.0, node["b_share"] - kids_b)
+    return _ranked_changes(self_a, self_b, limit)
 
-    walk(diff)
+
+def profile_changes(a: Profile, b: Profile, limit: int = 20) -> list[dict[str, Any]]:
+    """:func:`top_changes` computed from the profiles themselves: a function's self share is
+    the share of stacks whose leaf it is, so a truncated diff tree does not distort it."""
+    self_a = _leaf_shares(a)
+    self_b = _leaf_shares(b)
+    return _ranked_changes(self_a, self_b, limit)
+
+
+def _leaf_shares(profile: Profile) -> dict[tuple[str, str], float]:
+    total = profile.total or 1.0
+    out: dict[tuple[str, str], float] = {}
+    for path, value in profile.stacks.items():
+        if path and value > 0:
+            key = (path[-1][0], path[-1][1])
+            out[key] = out.get(key, 0.0) + value / total
+    return out
+
+
+def _ranked_changes(self_a: dict, self_b: dict, limit: int) -> list[dict[str, Any]]:
     rows = [{"name": k[0], "file": k[1], "a_share": round(self_a.get(k, 0.0), 6),
              "b_share": round(self_b.get(k, 0.0), 6),
              "delta_share": round(self_b.get(k, 0.0) - self_a.get(k, 0.0), 6)}
-            for k in set(self_a) | set(self_b)]
+            for k in self_a.keys() | self_b.keys()]
     rows.sort(key=lambda r: -abs(r["delta_share"]))
     return rows[:limit]
 

@@ -115,6 +115,15 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, functools.partial(self.read_sync, fn, *args, **kwargs))
 
+    async def compute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(*args, **kwargs)`` (no cursor) on a reader thread and return its result:
+        CPU-heavy work on what a read returned (building and encoding a flame graph) that
+        must not hold the event loop."""
+        if self._closed:
+            raise StoreError("the store is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
     def read_sync(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``read`` on the calling thread, on a cursor of its own closed once ``fn`` returns.
 

@@ -13,9 +13,10 @@ from infersight.storage.model import GPU_SIGNALS
 from infersight.web import engine_roof
 from infersight.web import params as p
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
-from infersight.web.responses import json_response
+from infersight.web.responses import bytes_response, dumps, json_response
 
 RECENT_PROCESS_S = 600.0
+WINDOWS_LIMIT = 200_000  # a GPU-day and more of 1 s windows in one answer
 
 
 def _store(request: web.Request):
@@ -77,38 +78,68 @@ def _profile_filter(request: web.Request) -> stacks.ProfileFilter:
                                 roles=p.strings(request, "role"), active=p.boolean(request, "active"))
 
 
+# Exports keep the heaviest stacks within the JSON tree's node budget and at most this many
+# frame references (folded text is about 50-80 bytes per frame: some 30 MB at the bound).
+EXPORT_MAX_FRAMES = 500_000
+
+
+def _folded_export(prof: stacks.Profile, max_nodes: int) -> tuple[bytes, dict[str, str]]:
+    sel = render.heaviest_stacks(prof, max_nodes=max_nodes, max_frames=EXPORT_MAX_FRAMES)
+    return render.folded(prof, sel).encode(), sel.headers()
+
+
+def _speedscope_export(prof: stacks.Profile, name: str, max_nodes: int) -> tuple[bytes, dict[str, str]]:
+    sel = render.heaviest_stacks(prof, max_nodes=max_nodes, max_frames=EXPORT_MAX_FRAMES)
+    return dumps(render.speedscope(prof, name=name, selection=sel)), sel.headers()
+
+
 async def flamegraph(request: web.Request) -> web.Response:
+    """The profile of a range as a tree (json), folded text or a speedscope file.
+
+    Every format is bounded by ``max_nodes`` (default 50,000): the tree says ``"truncated"``
+    and ``"nodes"`` on its root; the exports keep the heaviest stacks and say so in the
+    ``X-Infersight-Truncated``/``-Stacks``/``-Omitted-Value`` headers. Trees are built and
+    encoded on a reader thread, at any stack depth.
+    """
     t_from, t_to = p.time_range(request)
     fmt = p.choice(request, "format", ("json", "folded", "speedscope"), "json")
     weight = p.choice(request, "weight", ("samples", "gpu_idle"), "samples")
     gpu = p.integer(request, "gpu", None, lo=0, hi=1024)
     max_nodes = p.integer(request, "max_nodes", 50_000, lo=1, hi=1_000_000)
-    prof = await _store(request).read(stacks.profile, t_from, t_to, _profile_filter(request), weight=weight, gpu=gpu)
+    store = _store(request)
+    prof = await store.read(stacks.profile, t_from, t_to, _profile_filter(request), weight=weight, gpu=gpu)
     if fmt == "folded":
-        return web.Response(text=render.folded(prof), content_type="text/plain",
-                            headers={"Content-Disposition": 'attachment; filename="infersight.folded.txt"'})
+        body, headers = await store.compute(_folded_export, prof, max_nodes)
+        headers["Content-Disposition"] = 'attachment; filename="infersight.folded.txt"'
+        return web.Response(body=body, content_type="text/plain", charset="utf-8", headers=headers)
     if fmt == "speedscope":
-        resp = json_response(render.speedscope(prof, name=f"infersight {int(t_from)}-{int(t_to)}"))
-        resp.headers["Content-Disposition"] = 'attachment; filename="infersight.speedscope.json"'
-        return resp
-    tree = render.flame_tree(prof, max_nodes=max_nodes)
-    tree.update({"from": t_from, "to": t_to, "weight": weight, "total": tree["value"]})
-    return json_response(tree)
+        body, headers = await store.compute(_speedscope_export, prof, f"infersight {int(t_from)}-{int(t_to)}",
+                                            max_nodes)
+        headers["Content-Disposition"] = 'attachment; filename="infersight.speedscope.json"'
+        return bytes_response(body, headers=headers)
+    extra = {"from": t_from, "to": t_to, "weight": weight, "total": render.number(prof.total)}
+    return bytes_response(await store.compute(render.flame_json, prof, max_nodes=max_nodes, extra=extra))
 
 
 async def diff(request: web.Request) -> web.Response:
+    """Range a (baseline) against range b as one tree, bounded by ``max_nodes`` like the
+    flame graph; ``top_changes`` comes from the whole profiles, not the bounded tree."""
     a_from, a_to = p.time_range(request, prefix="a_")
     b_from, b_to = p.time_range(request, prefix="b_")
     weight = p.choice(request, "weight", ("samples", "gpu_idle"), "samples")
     gpu = p.integer(request, "gpu", None, lo=0, hi=1024)
+    max_nodes = p.integer(request, "max_nodes", 50_000, lo=1, hi=1_000_000)
     flt = _profile_filter(request)
     store = _store(request)
     pa = await store.read(stacks.profile, a_from, a_to, flt, weight=weight, gpu=gpu)
     pb = await store.read(stacks.profile, b_from, b_to, flt, weight=weight, gpu=gpu)
-    tree = render.diff_tree(pa, pb)
-    tree.update({"a_total": render.number(pa.total), "b_total": render.number(pb.total),
-                 "top_changes": render.top_changes(tree), "a_range": [a_from, a_to], "b_range": [b_from, b_to]})
-    return json_response(tree)
+    return bytes_response(await store.compute(_diff_body, pa, pb, max_nodes, [a_from, a_to], [b_from, b_to]))
+
+
+def _diff_body(pa: stacks.Profile, pb: stacks.Profile, max_nodes: int, a_range: list, b_range: list) -> bytes:
+    extra = {"a_total": render.number(pa.total), "b_total": render.number(pb.total),
+             "top_changes": render.profile_changes(pa, pb), "a_range": a_range, "b_range": b_range}
+    return render.diff_json(pa, pb, max_nodes=max_nodes, extra=extra)
 
 
 def _engine_signal_units() -> dict[str, str]:
@@ -160,16 +191,16 @@ async def series_route(request: web.Request) -> web.Response:
     if signal in GPU_SIGNALS:
         gpu = p.integer(request, "gpu", 0, lo=0, hi=1024)
         points = await store.read(series.gpu_series, signal, gpu, t_from, t_to, step)
-        return json_response({"signal": signal, "unit": GPU_SIGNALS[signal], "gpu": gpu, "points": points})
+        return await _json_off_loop(request, {"signal": signal, "unit": GPU_SIGNALS[signal], "gpu": gpu, "points": points})
     if signal in series.HOST_SIGNALS:
         points = await store.read(series.host_series, signal, t_from, t_to, step)
-        return json_response({"signal": signal, "unit": series.HOST_SIGNALS[signal][1], "points": points})
+        return await _json_off_loop(request, {"signal": signal, "unit": series.HOST_SIGNALS[signal][1], "points": points})
     if signal in series.PROCESS_SIGNALS:
         pid = p.integer(request, "pid", None, lo=0)
         if pid is None:
             raise p.BadParam("pid", f"required for {signal}")
         points = await store.read(series.process_series, signal, pid, t_from, t_to, step)
-        return json_response({"signal": signal, "unit": series.PROCESS_SIGNALS[signal][1], "pid": pid,
+        return await _json_off_loop(request, {"signal": signal, "unit": series.PROCESS_SIGNALS[signal][1], "pid": pid,
                               "points": points})
     units = _engine_signal_units()
     present = await store.read(series.engine_signals_present)
@@ -177,18 +208,24 @@ async def series_route(request: web.Request) -> web.Response:
         model = request.query.get("model") or None
         endpoint = request.query.get("endpoint") or None
         points = await store.read(series.engine_series, signal, t_from, t_to, step, model, endpoint)
-        return json_response({"signal": signal, "unit": units.get(signal, _unit_guess(signal)), "points": points})
+        return await _json_off_loop(request, {"signal": signal, "unit": units.get(signal, _unit_guess(signal)), "points": points})
     raise p.BadParam("signal", f"unknown signal {signal[:60]!r}; see /api/signals")
 
 
+async def _json_off_loop(request: web.Request, data) -> web.Response:
+    """A possibly large answer, encoded on a reader thread."""
+    return bytes_response(await _store(request).compute(dumps, data))
+
+
 async def events_route(request: web.Request) -> web.Response:
-    t_from, t_to = p.time_range(request, default_span_s=86400.0)
+    """Findings overlapping the range, newest first, at most ``limit``; ``from=0`` means all."""
+    t_from, t_to = p.time_range(request, default_span_s=86400.0, max_span_s=None)
     kind = p.strings(request, "kind", 60)
     gpu = p.integer(request, "gpu", None, lo=0, hi=1024)
     limit = p.integer(request, "limit", 1000, lo=1, hi=100_000)
     rows = await _store(request).read(q_events.events, t_from, t_to, kind=kind[0] if kind else None,
                                       gpu=gpu, limit=limit)
-    return json_response({"events": rows})
+    return await _json_off_loop(request, {"events": rows})
 
 
 async def event_route(request: web.Request) -> web.Response:
@@ -202,10 +239,13 @@ async def event_route(request: web.Request) -> web.Response:
 
 
 async def windows_route(request: web.Request) -> web.Response:
-    t_from, t_to = p.time_range(request)
+    """Analysis windows starting in the range, by GPU then oldest first, at most ``limit``;
+    ``from=0`` means since the first."""
+    t_from, t_to = p.time_range(request, max_span_s=None)
     gpu = p.integer(request, "gpu", None, lo=0, hi=1024)
-    rows = await _store(request).read(q_events.windows, t_from, t_to, gpu)
-    return json_response({"windows": rows})
+    limit = p.integer(request, "limit", WINDOWS_LIMIT, lo=1, hi=WINDOWS_LIMIT)
+    rows = await _store(request).read(q_events.windows, t_from, t_to, gpu, limit)
+    return await _json_off_loop(request, {"windows": rows})
 
 
 async def gpus_route(request: web.Request) -> web.Response:

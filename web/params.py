@@ -101,8 +101,11 @@ def boolean(request: web.Request, name: str) -> bool | None:
     raise BadParam(name, f"expected true, false or all, got {raw[:40]!r}")
 
 
-def time_range(request: web.Request, default_span_s: float = 3600.0, prefix: str = "") -> tuple[float, float]:
-    """(from, to) from ``{prefix}from`` and ``{prefix}to``; ordered, finite, bounded."""
+def time_range(request: web.Request, default_span_s: float = 3600.0, prefix: str = "",
+               max_span_s: float | None = MAX_RANGE_S) -> tuple[float, float]:
+    """(from, to) from ``{prefix}from`` and ``{prefix}to``; ordered, finite, at most
+    ``max_span_s`` long (None: any length, for routes whose answers a ``limit`` bounds, so
+    ``from=0`` means "since the beginning")."""
     f_name, t_name = f"{prefix}from", f"{prefix}to"
     t_to = number(request, t_name, None, lo=0, hi=1e11)
     t_to = time.time() if t_to is None else t_to
@@ -110,6 +113,6 @@ def time_range(request: web.Request, default_span_s: float = 3600.0, prefix: str
     t_from = t_to - default_span_s if t_from is None else t_from
     if t_from >= t_to:
         raise BadParam(f_name, f"must be before {t_name} ({t_from:g} >= {t_to:g})")
-    if t_to - t_from > MAX_RANGE_S:
-        raise BadParam(f_name, f"range longer than {MAX_RANGE_S / 86400:g} days")
+    if max_span_s is not None and t_to - t_from > max_span_s:
+        raise BadParam(f_name, f"range longer than {max_span_s / 86400:g} days")
     return t_from, t_to
