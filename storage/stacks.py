@@ -48,7 +48,7 @@ class _NodeCache:
     ``max_dbs`` databases used last are kept.
     """
 
-    def __init__(self, max_items: int = 1_000_000, max_dbs: int = 4) -> None:
+    def __init__(self, max_items: int = 250_000, max_dbs: int = 4) -> None:
         self.lock = threading.Lock()
         self.max_items = max_items
         self.max_dbs = max_dbs
@@ -70,6 +70,9 @@ class _NodeCache:
             return {leaf: db.path(leaf) for leaf in leaves}
 
 
+_GONE: FrameKey = ("[pruned]", "", 0)   # a frame retention deleted between two of our reads
+
+
 class _DbPaths:
     """One database's cached nodes (id -> (parent, frame)), frames and resolved paths."""
 
@@ -83,20 +86,26 @@ class _DbPaths:
         self.items = 0          # nodes + frames + frames held in memoized paths
 
     def load(self, cur, leaves: list[int]) -> None:
-        # one statement: nodes and their frames from one snapshot (retention may prune between two)
-        rows = cur.execute("""
-            WITH RECURSIVE up(id, parent, frame) AS (
-                SELECT id, parent, frame FROM stack_nodes WHERE id IN (SELECT unnest(?))
-                UNION
-                SELECT n.id, n.parent, n.frame FROM stack_nodes n JOIN up ON n.id = up.parent)
-            SELECT up.id, up.parent, up.frame, f.function, f.file, f.line
-            FROM up LEFT JOIN frames f ON f.id = up.frame""", [leaves]).fetchall()
-        for id_, parent, frame, fn, file, line in rows:
-            if id_ not in self.nodes:
+        """Nodes of ``leaves`` and their ancestors not cached yet, a level per query (a
+        recursive query took about 25 MB of DuckDB's allocator for a few hundred rows)."""
+        wanted = {leaf for leaf in leaves if leaf not in self.nodes}
+        frames: set[int] = set()
+        while wanted:
+            rows = cur.execute("SELECT id, parent, frame FROM stack_nodes WHERE id IN (SELECT unnest(?))",
+                               [sorted(wanted)]).fetchall()
+            for id_, parent, frame in rows:
                 self.nodes[id_] = (parent, frame)
                 self.items += 1
-            if frame not in self.frames:
-                self.frames[frame] = (fn, file, line or 0)
+                if frame not in self.frames:
+                    frames.add(frame)
+            wanted = {parent for _, parent, _ in rows if parent and parent not in self.nodes}
+        if frames:
+            # a frame goes only with the last node using it: missing only if retention ran
+            # between these reads (path() then shows _GONE)
+            for id_, fn, file, line in cur.execute(
+                    "SELECT id, function, file, line FROM frames WHERE id IN (SELECT unnest(?))",
+                    [sorted(frames)]).fetchall():
+                self.frames[id_] = (fn, file, line or 0)
                 self.items += 1
 
     def path(self, node: int) -> tuple[FrameKey, ...]:
@@ -113,7 +122,7 @@ class _DbPaths:
             cur = nodes[cur][0]
         prefix = memo.get(cur, ()) if cur else ()
         for n in reversed(chain):
-            prefix = prefix + (frames[nodes[n][1]],)
+            prefix = prefix + (frames.get(nodes[n][1], _GONE),)
             memo[n] = prefix
             self.items += len(prefix)
         return memo[node]
