@@ -3,12 +3,15 @@
 - :func:`gpu_activity` bins the four activity signals of every GPU in one scan.
 - :func:`class_runs` merges consecutive per-second analysis windows of one class into runs,
   so a 24 h view carries a few hundred spans instead of 86,400 windows per GPU.
+- :func:`window_ratios` bins the analysis windows' ``mfu`` and ``mbu`` features (the
+  engine's own FLOP and byte counters over the GPU's peaks, 0-1).
 
 Times are Unix seconds; percentages are 0-100.
 """
 from __future__ import annotations
 
 ACTIVITY_SIGNALS = ("sm_util", "tensor_util", "dram_bw_util", "util_gpu")
+WINDOW_RATIOS = ("mfu", "mbu")
 MAX_BINS = 20_000
 MAX_RUNS = 100_000
 # Two windows touch when the next starts within this many seconds of the previous end
@@ -66,4 +69,30 @@ def class_runs(cur, t_from: float, t_to: float) -> dict[int, list[list]]:
     out: dict[int, list[list]] = {}
     for gpu, start, end, klass in rows:
         out.setdefault(int(gpu), []).append([float(start), float(end), klass])
+    return out
+
+
+def window_ratios(cur, t_from: float, t_to: float, step: float) -> dict[int, dict[str, list[list[float | None]]]]:
+    """``{gpu: {"mfu"|"mbu": [[bin_start, mean 0-1], ...]}}`` over the analysis windows
+    starting in [t_from, t_to), ``step``-second bins. Only GPUs and ratios with a value in the
+    range appear: an engine without FLOP/byte counters (or a GPU of unknown peaks) gives none.
+    """
+    if step <= 0:
+        raise ValueError("step must be positive")
+    if (t_to - t_from) / step > MAX_BINS:
+        raise ValueError(f"step too small for this range (at most {MAX_BINS} bins)")
+    means = ", ".join(f"avg({name})" for name in WINDOW_RATIOS)
+    present = " OR ".join(f"{name} IS NOT NULL" for name in WINDOW_RATIOS)
+    rows = cur.execute(f"""
+        SELECT gpu, ? + floor((start - ?) / ?) * ? AS b, {means}
+        FROM windows WHERE start >= ? AND start < ? AND ({present})
+        GROUP BY 1, 2 ORDER BY 1, 2""", [t_from, t_from, step, step, t_from, t_to]).fetchall()
+    out: dict[int, dict[str, list[list[float | None]]]] = {}
+    for gpu, b, *values in rows:
+        per = out.setdefault(int(gpu), {name: [] for name in WINDOW_RATIOS})
+        for name, v in zip(WINDOW_RATIOS, values):
+            per[name].append([round(b, 3), None if v is None else round(float(v), 4)])
+    for per in out.values():
+        for name in [n for n, pts in per.items() if all(v is None for _, v in pts)]:
+            del per[name]
     return out

@@ -5,6 +5,9 @@
 - :func:`build_synthetic_store`: a store with a 20,000+ frame profile, frames, threads, a
   process and a finding named like markup (``<img src=x onerror=alert(1)>``, quotes,
   unicode), and no GPU or engine data at all.
+- :func:`build_young_store`: the first two minutes of an agent, ending now: GPU samples, a
+  300-frame start-up stack, and analysis windows whose features carry the engine's ``mfu``
+  and ``mbu``.
 - Page helpers that turn times into timeline pixels through the data the timeline publishes
   (``data-view-from``/``-to``, ``data-plot-left``/``-right``, ``data-layout``), read the
   state back from the URL, and collect dialogs and script errors (:class:`PageProblems`).
@@ -164,6 +167,50 @@ def build_synthetic_store(db: Path) -> dict:
     finally:
         store.close()
     return {"start": SYNTHETIC_START, "end": SYNTHETIC_START + SYNTHETIC_SECONDS, "event_id": HOSTILE_EVENT_ID}
+
+
+YOUNG_SECONDS = 120
+DEEP_FRAMES = 300
+
+
+def young_mfu(second: int) -> float:
+    """The MFU the young store's windows carry in their ``second``-th second (0-1)."""
+    return 0.2 + 0.3 * (second // 40) / 2
+
+
+def build_young_store(db: Path) -> dict:
+    """Fill ``db`` (see module doc) over [now - YOUNG_SECONDS, now); returns its facts."""
+    import time
+
+    from infersight.storage.events import replace_windows
+    from infersight.storage.model import Batch, Frame, GpuSample, StackSample, Target, Window
+    from infersight.storage.store import Store
+
+    start = int(time.time()) - YOUNG_SECONDS
+    deep = [Frame("<module>", "/srv/vllm/entrypoints/cli/main.py", 1)]
+    deep += [Frame("_call_with_frames_removed" if i % 2 else "exec_module", "<frozen importlib._bootstrap>", 240 + i)
+             for i in range(DEEP_FRAMES - 2)]
+    deep.append(Frame("deep_import_leaf", "/srv/vllm/model_executor/layers.py", 12))
+    shallow = (Frame("main", "/srv/app.py", 3), Frame("serve", "/srv/app.py", 9))
+    store = Store.open(str(db), host="young", flush_interval_s=0.05)
+    try:
+        target = Target("young", 777, float(start - 5), "python -m vllm.entrypoints.cli.main serve", "api_server")
+        for s in range(YOUNG_SECONDS):
+            b = Batch("stacks", float(start + s), targets=[target])
+            b.stack_samples.append(StackSample(start + s, 777, target.start_time, 777, "MainThread", tuple(deep), True, 9))
+            b.stack_samples.append(StackSample(start + s, 777, target.start_time, 778, "worker", shallow, True, 1))
+            b.gpu_samples = [GpuSample(start + s + 0.5 * k, 0, {"sm_util": 40.0, "util_gpu": 90.0,
+                                                                 "dram_bw_util": 30.0, "tensor_util": 20.0})
+                             for k in range(2)]
+            while not store.submit(b):
+                store.flush()
+        store.flush()
+        windows = [Window(float(start + s), float(start + s + 1), 0, "latency_bound",
+                          {"sm_util": 40.0, "mfu": young_mfu(s), "mbu": 0.6}) for s in range(YOUNG_SECONDS)]
+        store.write_sync(replace_windows, 0, float(start), float(start + YOUNG_SECONDS), windows)
+    finally:
+        store.close()
+    return {"start": start, "end": start + YOUNG_SECONDS, "deep_leaf": "deep_import_leaf"}
 
 
 # -- page helpers ----------------------------------------------------------------------------

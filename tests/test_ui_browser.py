@@ -22,7 +22,9 @@ from conftest_ui import (
     HOSTILE_UNICODE,
     PageProblems,
     ServeProcess,
+    DEEP_FRAMES,
     build_synthetic_store,
+    build_young_store,
     chromium_path,
     drag_select,
     event_bar_y,
@@ -42,6 +44,7 @@ from conftest_ui import (
     view_of,
     wait_timeline,
     wait_view,
+    young_mfu,
 )
 
 pytestmark = pytest.mark.browser
@@ -71,6 +74,16 @@ def scenario(tmp_path_factory):
 def synthetic(tmp_path_factory):
     db = tmp_path_factory.mktemp("ui-synthetic") / "synthetic.duckdb"
     facts = build_synthetic_store(db)
+    server = ServeProcess(db)
+    server.facts = facts
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def young(tmp_path_factory):
+    db = tmp_path_factory.mktemp("ui-young") / "young.duckdb"
+    facts = build_young_store(db)
     server = ServeProcess(db)
     server.facts = facts
     yield server
@@ -365,6 +378,7 @@ def test_missing_data_is_said_plainly(page, synthetic):
     notes = page.text_content("#timeline-notes")
     assert "No GPU data on this host" in notes
     assert "No inference engine metrics" in notes
+    assert "roof" not in {t["kind"] for t in timeline_geometry(page)["layout"]}, "no MFU/MBU stored: no track"
     start = synthetic.facts["start"]
     page.goto(f"{synthetic.url}/?from={start - 600}&to={start + 600}&sel={start - 500}-{start - 400}")
     wait_view(page, "flame")
@@ -412,4 +426,91 @@ def test_flame_graph_of_20000_frames_render_time(page, synthetic):
           f"in the page: flatten {layout_ms:.1f} ms, last draw {draw_ms[0]:.1f} ms; "
           f"redraw on a click, median of {len(redraws)}: {statistics.median(redraws):.1f} ms")
     save_screenshot(page, "ui-flame-20k.png")
+    page.problems.assert_clean()
+
+
+def canvas_colors(page, selector: str, x: float, y0: float, y1: float) -> list[str]:
+    """The colours (#RRGGBB) of the canvas's pixels in column ``x``, rows y0..y1 (CSS px)."""
+    return page.eval_on_selector(selector, """(c, [x, y0, y1]) => {
+        const k = c.width / c.clientWidth;
+        const data = c.getContext('2d').getImageData(Math.round(x * k), Math.round(y0 * k), 1,
+                                                      Math.max(1, Math.round((y1 - y0) * k))).data;
+        const out = [];
+        for (let i = 0; i < data.length; i += 4) {
+            out.push('#' + [data[i], data[i + 1], data[i + 2]].map((v) => v.toString(16).padStart(2, '0')).join('').toUpperCase());
+        }
+        return out;
+    }""", [x, y0, y1])
+
+
+def near(color: str, want: str, tolerance: int = 6) -> bool:
+    """Two #RRGGBB colours within ``tolerance`` per channel (lines are anti-aliased)."""
+    return all(abs(int(color[i:i + 2], 16) - int(want[i:i + 2], 16)) <= tolerance for i in (1, 3, 5))
+
+
+def test_a_live_view_fits_the_first_minutes_of_data(page, young):
+    """Two minutes of data under the 1 h preset fill the timeline instead of its right edge."""
+    page.goto(f"{young.url}/?live=1h")
+    wait_timeline(page)
+    geo = timeline_geometry(page)
+    extent = young.get_json("/api/range")
+    width = geo["right"] - geo["left"]
+    start_at = (time_to_x(geo, extent["from"]) - geo["x"] - geo["left"]) / width
+    assert 0 <= start_at < 0.1, f"the data starts at {start_at:.0%} of the timeline"
+    assert geo["to"] - geo["from"] < 600, "the view is the data's minutes, not the hour"
+    assert query_of(page)["live"] == ["1h"]
+    assert page.get_attribute("#presets [data-preset='1h']", "aria-pressed") == "true"
+    # the 5 min preset is longer than the data too: the same fit
+    page.click("#presets [data-preset='5m']")
+    wait_timeline(page)
+    geo = timeline_geometry(page)
+    assert (time_to_x(geo, extent["from"]) - geo["x"] - geo["left"]) / width < 0.1
+    save_screenshot(page, "ui-young-fit.png")
+    page.problems.assert_clean()
+
+
+def test_a_300_frame_stack_is_drawn(page, young):
+    start, end = young.facts["start"], young.facts["end"]
+    page.goto(f"{young.url}/?from={start - 5}&to={end + 5}")
+    wait_view(page, "flame")
+    assert page.get_attribute("#flame-view", "data-state") == "ready"
+    assert int(page.get_attribute("#flame-canvas", "data-nodes")) == DEEP_FRAMES + 3
+    box = page.locator("#flame-canvas").bounding_box()
+    assert box["height"] >= (DEEP_FRAMES + 1) * 18
+    # the deepest row (the root is row 0): drawn, and its tooltip names the leaf
+    y = DEEP_FRAMES * 18 + 9
+    colors = canvas_colors(page, "#flame-canvas", 40, y - 4, y + 4)
+    assert any(c not in ("#000000", "#FFFFFF") for c in colors), colors
+    canvas = page.locator("#flame-canvas")
+    canvas.hover(position={"x": 40, "y": y})  # scrolls the deep row into view
+    assert tooltip_text(page).startswith(young.facts["deep_leaf"])
+    assert "deep_import_leaf" in hottest_functions(page)
+    canvas.click(position={"x": 40, "y": y})
+    assert json.loads(query_of(page)["focus"][0])[-1] == "deep_import_leaf"
+    assert len(json.loads(query_of(page)["focus"][0])) == DEEP_FRAMES
+    save_screenshot(page, "ui-flame-deep.png")
+    page.problems.assert_clean()
+
+
+def test_engine_mfu_and_mbu_are_drawn_under_the_gpu_activity(page, young):
+    start, end = young.facts["start"], young.facts["end"]
+    page.goto(f"{young.url}/?from={start - 5}&to={end + 5}")
+    wait_timeline(page)
+    geo = timeline_geometry(page)
+    kinds = [(t["kind"], t.get("gpu")) for t in geo["layout"]]
+    assert kinds.index(("roof", 0)) == kinds.index(("activity", 0)) + 1
+    roof = next(t for t in geo["layout"] if t["kind"] == "roof")
+    t_mid = start + 100.5
+    page.mouse.move(time_to_x(geo, t_mid), geo["y"] + roof["y"] + roof["h"] / 2)
+    text = tooltip_text(page)
+    assert f"MFU (engine){young_mfu(100) * 100:.1f}%" in text.replace(" ", "").replace("MFU(engine)", "MFU (engine)"), text
+    assert "MBU (engine)60.0%" in text.replace("MBU (engine) ", "MBU (engine)"), text
+    # the MFU line lies where its value says, on a scale of 0 to 100% (the track's top label)
+    x = time_to_x(geo, t_mid) - geo["x"]
+    y_mfu = roof["y"] + roof["h"] * (1 - young_mfu(100))
+    colors = canvas_colors(page, "#timeline canvas.base", x, y_mfu - 2, y_mfu + 2)
+    assert any(near(c, "#009E73") for c in colors), colors
+    y_mbu = roof["y"] + roof["h"] * (1 - 0.6)
+    colors = canvas_colors(page, "#timeline canvas.base", x, y_mbu - 2, y_mbu + 2)
+    assert any(near(c, "#E69F00") for c in colors), colors
     page.problems.assert_clean()

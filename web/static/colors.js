@@ -30,6 +30,9 @@ export const SIGNAL_COLORS = {
   requests_running: "#0072B2",
   requests_waiting: "#D55E00",
   ttft_seconds_p95: "#CC79A7",
+  // the engine's own roofline ratios: the hue of the GPM signal each compares with
+  mfu: "#009E73",
+  mbu: "#E69F00",
 };
 
 export const EVENT_COLORS = {

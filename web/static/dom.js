@@ -124,16 +124,22 @@ export function classLabel(klass) {
   return String(klass || "unknown").replace(/_/g, " ");
 }
 
+const MAX_CANVAS_SIDE = 32_000;
+const MAX_CANVAS_AREA = 2 ** 28;
+
 /** A canvas sized to its CSS box at the device pixel ratio; returns the 2D context in CSS px. */
 export function fitCanvas(canvas, cssWidth, cssHeight) {
-  const dpr = window.devicePixelRatio || 1;
-  const w = Math.max(1, Math.round(cssWidth * dpr));
-  const h = Math.max(1, Math.round(cssHeight * dpr));
+  // Chromium draws nothing on a canvas over 32,767 px a side or 2^28 px in all (a flame graph
+  // of 1,000-frame stacks is 18,000 CSS px tall): past that, fewer device pixels per CSS pixel.
+  const scale = Math.min(window.devicePixelRatio || 1, MAX_CANVAS_SIDE / cssWidth, MAX_CANVAS_SIDE / cssHeight,
+    Math.sqrt(MAX_CANVAS_AREA / (cssWidth * cssHeight)));
+  const w = Math.max(1, Math.floor(cssWidth * scale));
+  const h = Math.max(1, Math.floor(cssHeight * scale));
   if (canvas.width !== w) canvas.width = w;
   if (canvas.height !== h) canvas.height = h;
   canvas.style.width = `${cssWidth}px`;
   canvas.style.height = `${cssHeight}px`;
   const ctx = canvas.getContext("2d");
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.setTransform(w / cssWidth, 0, 0, h / cssHeight, 0, 0);
   return ctx;
 }

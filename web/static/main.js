@@ -6,7 +6,7 @@ import { $, el, setChildren, setUtc } from "./dom.js";
 import { DiffPanel } from "./diff.js";
 import { FindingsPanel } from "./findings.js";
 import { FlamePanel } from "./profile.js";
-import { parse, profileRange, Store, viewRange } from "./state.js";
+import { parse, profileRange, setDataExtent, Store, viewRange } from "./state.js";
 import { renderSummary } from "./summary.js";
 import { Timeline } from "./timeline.js";
 import { Tooltip } from "./tooltip.js";
@@ -88,6 +88,7 @@ async function loadTimeline() {
     ]);
     data = tl;
     extent = tl.extent;
+    setDataExtent(extent);
     events = ev.events;
     banner(null);
     // the view is the timeline's own (it may be mid-drag): only the data is replaced
@@ -231,6 +232,7 @@ async function boot() {
     const [range, health, config, gpus] = await Promise.all([getJson("/api/range"), getJson("/api/health"),
       getJson("/api/config").catch(() => null), getJson("/api/gpus").catch(() => null)]);
     extent = range;
+    setDataExtent(extent);
     gpuStatus = gpus;
     if (config && config.host) setChildren($("host"), config.host);
     if (s.event && !s.sel) {

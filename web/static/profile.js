@@ -4,11 +4,25 @@ import { $, el, fmtNum, fmtPct, fmtTime, setChildren } from "./dom.js";
 import { FlameGraph } from "./flame.js";
 import { profileRange } from "./state.js";
 
-/** Self value per function (name, file) and its inclusive value counted once per stack. */
+/**
+ * Self value per function (name, file) and its inclusive value counted once per stack (a
+ * recursive function's inner calls are not counted again). Walks with an explicit stack:
+ * start-up stacks are hundreds of frames deep.
+ */
 export function hottest(tree, limit = 12) {
   const byFn = new Map();
-  const walk = (node, open) => {
+  const open = new Map();   // key -> how many frames of that function are on the current path
+  const stack = [];
+  for (let k = (tree.children || []).length - 1; k >= 0; k--) stack.push([tree.children[k], false]);
+  while (stack.length) {
+    const [node, leaving] = stack.pop();
     const key = `${node.name}\u0000${node.file || ""}`;
+    if (leaving) {
+      const n = open.get(key) - 1;
+      if (n) open.set(key, n);
+      else open.delete(key);
+      continue;
+    }
     const kids = node.children || [];
     const self = node.value - kids.reduce((s, c) => s + c.value, 0);
     let entry = byFn.get(key);
@@ -17,13 +31,11 @@ export function hottest(tree, limit = 12) {
       byFn.set(key, entry);
     }
     entry.self += Math.max(0, self);
-    const counted = open.has(key);
-    if (!counted) entry.total += node.value;
-    if (!counted) open.add(key);
-    for (const c of kids) walk(c, open);
-    if (!counted) open.delete(key);
-  };
-  for (const c of tree.children || []) walk(c, new Set());
+    if (!open.has(key)) entry.total += node.value;
+    open.set(key, (open.get(key) || 0) + 1);
+    stack.push([node, true]);
+    for (let k = kids.length - 1; k >= 0; k--) stack.push([kids[k], false]);
+  }
   return [...byFn.values()].filter((e) => e.self > 0).sort((a, b) => b.self - a.self).slice(0, limit);
 }
 

@@ -151,9 +151,32 @@ export class Store {
   }
 }
 
-/** The timeline's [from, to] now: live ranges end at ``now``. */
+// The stored data's extent ({from, to} of /api/range), which live views fit (see liveRange).
+let dataExtent = null;
+
+/** Remember the stored data's extent (null, or {from: null} when nothing is stored). */
+export function setDataExtent(extent) {
+  dataExtent = extent && extent.from !== null && extent.from !== undefined ? extent : null;
+}
+
+// A live view fitted to young data is never shorter than this (seconds).
+export const MIN_FIT_S = 60;
+
+/**
+ * A live range of ``span`` seconds ending ``now``; when the stored data starts inside it (an
+ * agent started minutes ago), it starts with the data instead (a little before it, at least
+ * MIN_FIT_S long), so two minutes of data fill the timeline, not its right edge.
+ */
+export function liveRange(span, now, extent = dataExtent) {
+  const from = now - span;
+  if (!extent || extent.from <= from || extent.from >= now) return [from, now];
+  const pad = Math.max(2, (now - extent.from) * 0.03);
+  return [Math.max(from, Math.min(extent.from - pad, now - MIN_FIT_S)), now];
+}
+
+/** The timeline's [from, to] now: live ranges end at ``now`` (and fit young data). */
 export function viewRange(s, now = Date.now() / 1000) {
-  if (s.live) return [now - LIVE_SPANS[s.live], now];
+  if (s.live) return liveRange(LIVE_SPANS[s.live], now);
   if (s.from !== null && s.to !== null) return [s.from, s.to];
   return [now - 3600, now];
 }

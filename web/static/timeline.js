@@ -7,7 +7,7 @@
 // finding opens it.
 import { SIGNAL_COLORS } from "./colors.js";
 import { fitCanvas, fmtLatency, fmtNum } from "./dom.js";
-import { ACTIVITY, describeAt } from "./timeline_tips.js";
+import { ACTIVITY, describeAt, ROOF } from "./timeline_tips.js";
 import * as tr from "./tracks.js";
 
 const GUTTER = 124;
@@ -72,7 +72,9 @@ export class Timeline {
     for (const g of d ? d.gpus : []) {
       add({ kind: "gpu", gpu: g.gpu, h: 18 }, 2);
       add({ kind: "classes", gpu: g.gpu, h: 14 }, 6);
-      add({ kind: "activity", gpu: g.gpu, h: 64 }, 14);
+      const roof = ROOF.some(([s]) => g.roof && g.roof[s]);
+      add({ kind: "activity", gpu: g.gpu, h: 64 }, roof ? 6 : 14);
+      if (roof) add({ kind: "roof", gpu: g.gpu, h: 40 }, 14);
     }
     const eng = d ? d.engine : {};
     if (Object.keys(eng).length) {
@@ -123,7 +125,8 @@ export class Timeline {
         ctx.fillStyle = "#1F2328";
         ctx.textBaseline = "middle";
         ctx.fillText(`GPU ${g.gpu}${g.name ? ` · ${g.name}` : ""}`, 8, t.y + t.h / 2, sc.width - 340);
-        this.drawKey(ctx, sc, t, ACTIVITY.filter(([s]) => g.activity[s]).map(([s, label, dash]) => [label, SIGNAL_COLORS[s], dash]));
+        this.drawKey(ctx, sc, t, [...ACTIVITY.filter(([s]) => g.activity[s]).map(([s, label, dash]) => [label, SIGNAL_COLORS[s], dash]),
+          ...ROOF.filter(([s]) => g.roof && g.roof[s]).map(([s, label]) => [label, SIGNAL_COLORS[s], null])]);
         break;
       }
       case "classes":
@@ -139,6 +142,17 @@ export class Timeline {
           tr.drawSeries(ctx, sc, t, g.activity[s], { color: SIGNAL_COLORS[s], max: 100, gap, dash, width: dash ? 1.2 : 1.6 });
         }
         if (!Object.keys(g.activity).length) this.noData(ctx, sc, t, "no GPU samples in this range");
+        break;
+      }
+      case "roof": {
+        // next to the GPM DRAM bandwidth above: what the engine says it achieved of the peaks
+        const g = this.gpuData(t.gpu);
+        const max = Math.min(1, tr.niceMax(ROOF.flatMap(([s]) => (g.roof[s] || []).map((p) => p[1]))));
+        tr.drawLabel(ctx, t, "MFU · MBU", "engine, of peak");
+        tr.drawFrame(ctx, sc, t, `${+(max * 100).toPrecision(3)}%`);
+        for (const [s] of ROOF) {
+          tr.drawSeries(ctx, sc, t, g.roof[s], { color: SIGNAL_COLORS[s], max, gap: d.roof_step * 2.5, width: 1.6 });
+        }
         break;
       }
       case "engine":

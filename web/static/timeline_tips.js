@@ -5,6 +5,8 @@ import { classLabel, el, fmtDur, fmtLatency, fmtNum, fmtTime } from "./dom.js";
 
 export const ACTIVITY = [["sm_util", "SM", null], ["tensor_util", "tensor", null], ["dram_bw_util", "DRAM", null],
   ["util_gpu", "NVML util", [4, 3]]];
+// The engine's FLOPs and bytes over the GPU's peaks (0-1), from the analysis windows.
+export const ROOF = [["mfu", "MFU (engine)"], ["mbu", "MBU (engine)"]];
 
 /** Tooltip content for time ``t`` over ``track`` of timeline ``tl``. */
 export function describeAt(tl, t, track, x, y) {
@@ -25,6 +27,12 @@ export function describeAt(tl, t, track, x, y) {
       run ? `for ${fmtDur(run[1] - run[0])}` : null)];
     for (const [s, label] of ACTIVITY) {
       if (g.activity[s]) rows.push(row(label, pct(valueAt(g.activity[s], t, tl.data.gpu_step)), SIGNAL_COLORS[s]));
+    }
+    for (const [s, label] of ROOF) {
+      if (g.roof && g.roof[s]) {
+        const v = valueAt(g.roof[s], t, tl.data.roof_step);
+        rows.push(row(label, pct(v === null ? null : v * 100), SIGNAL_COLORS[s]));
+      }
     }
     return [el("div", { class: "tt-title" }, `GPU ${g.gpu} · ${fmtTime(t, true)}`), ...rows];
   }
