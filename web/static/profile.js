@@ -143,7 +143,9 @@ export class FlamePanel {
     this.applySearch(s.q);
     this.renderCrumbs();
     this.renderHottest(tree);
-    setChildren($("flame-stats"), `${fmtNum(this.graph.n)} frames · drawn in ${Number(this.graph.canvas.dataset.renderMs).toFixed(1)} ms`);
+    // the agent sends at most max_nodes frames, heaviest first; say when some were left out
+    const cut = tree.truncated ? " (the heaviest only: the rest are in their parents)" : "";
+    setChildren($("flame-stats"), `${fmtNum(this.graph.n)} frames${cut} · drawn in ${Number(this.graph.canvas.dataset.renderMs).toFixed(1)} ms`);
   }
 
   /** React to state keys that need no new data. */
