@@ -301,8 +301,15 @@ ALLOWED_SQL = {
     ("export.py", "copy_hour", "path.replace(\"'\", \"''\")"):
         "a file path the Parquet export builds from its config folder, table and hour (no request value); "
         "COPY takes no parameter for its target, so it is a SQL string literal with quotes doubled",
-    ("retention.py", "rollup", "bucket_s <- policy.rollup_bucket_s"):
-        "an integer from the config (storage.rollup_bucket_s, validated 2..3600), not a request value",
+    ("retention.py", "rollup", "select(bin_expr)"):
+        "the rollup's SELECT built by the table's own policy from its literal column names and an integer "
+        "from the config (storage.rollup_bucket_s, validated 2..3600), not a request value",
+    ("analysis.py", "windows_range", "wf.select_sql()"):
+        "the typed window feature columns: window_features.NAMES, a tuple literal of the code",
+    ("events.py", "windows", "wf.select_sql()"):
+        "the typed window feature columns: window_features.NAMES, a tuple literal of the code",
+    ("intern.py", "next_id", "table <- table"):
+        "an interned table's name, passed by intern.py's own callers as a literal (frames, stack_nodes, ...)",
 }
 
 
