@@ -31,6 +31,7 @@ import logging
 import sys
 import time
 import tracemalloc
+from pathlib import Path
 
 from _workload import Workload
 
@@ -95,6 +96,61 @@ class SimEngines:
         return merged
 
 
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def allocators() -> str:
+    """Who holds the anonymous memory: glibc malloc (in use, free), Python's object arenas,
+    and DuckDB's own jemalloc (allocated, resident), in MB. A profiling aid."""
+    import glob
+    import os
+    import tempfile
+
+    out = []
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        mi = libc.mallinfo2()
+        out.append(f"glibc_used_mb={(mi.uordblks + mi.hblkhd) / 1e6:.1f} glibc_free_mb={mi.fordblks / 1e6:.1f}")
+    except (OSError, AttributeError):
+        pass
+    with tempfile.TemporaryFile("w+") as tmp:      # the stats go to the C-level stderr
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read()
+    for line in text.splitlines():
+        if line.startswith("# bytes in allocated blocks"):
+            out.append(f"py_used_mb={int(line.split('=')[1].replace(',', '')) / 1e6:.1f}")
+        elif line.startswith("Total") and not any(o.startswith("py_arenas_mb") for o in out):
+            out.append(f"py_arenas_mb={int(line.split('=')[1].replace(',', '')) / 1e6:.1f}")
+    so = glob.glob(str(Path(duckdb_module_file()).parent.parent / "_duckdb*.so"))
+    if so:
+        je = ctypes.CDLL(so[0])
+        one = ctypes.c_uint64(1)
+        je.duckdb_je_mallctl(b"epoch", None, None, ctypes.byref(one), ctypes.c_size_t(8))
+        for name in ("allocated", "resident"):
+            value, size = ctypes.c_size_t(0), ctypes.c_size_t(8)
+            if je.duckdb_je_mallctl(f"stats.{name}".encode(), ctypes.byref(value), ctypes.byref(size), None,
+                                    ctypes.c_size_t(0)) == 0:
+                out.append(f"jemalloc_{name}_mb={value.value / 1e6:.1f}")
+    return " ".join(out)
+
+
+def duckdb_module_file() -> str:
+    import duckdb
+
+    return duckdb.__file__
+
+
 def rss_parts() -> str:
     """RSS and its anonymous and file-backed parts (code of Python and the libraries), in MB."""
     fields = {}
@@ -106,13 +162,19 @@ def rss_parts() -> str:
     return f"rss_mb={fields.get('VmRSS', 0):.1f} anon_mb={fields.get('RssAnon', 0):.1f} file_mb={fields.get('RssFile', 0):.1f}"
 
 
+# The warm-up steps a minute at a time: a live agent ticks every analysis.interval_s (5 s), and
+# a step's transient memory (its seconds read into Python) grows with its length; 5 s steps
+# would take minutes here, 10-minute ones left a heap no live agent grows.
+WARM_STEP_S = 60.0
+
+
 def log_rss(phase: str) -> None:
     """One ``event=memory`` line with the RSS at a phase of the start (read by bench/_rss.py)."""
-    logging.getLogger("infersight.bench").info("event=memory phase=%s %s py_blocks=%d", phase, rss_parts(),
-                                               sys.getallocatedblocks())
+    logging.getLogger("infersight.bench").info("event=memory phase=%s %s %s py_blocks=%d", phase, rss_parts(),
+                                               allocators(), sys.getallocatedblocks())
 
 
-def warm_analysis(hours: float):
+def warm_analysis(hours: float, step_s: float = WARM_STEP_S):
     """A daemon component factory: the analysis, already stepped over the last ``hours``."""
 
     def factory(daemon: Daemon) -> Analyzer:
@@ -120,8 +182,9 @@ def warm_analysis(hours: float):
         analyzer = Analyzer(daemon.config, daemon.agent.store)
         now = time.time()
         t = now - hours * 3600
+        analyzer.done_until = int(t - analyzer.cfg.lag_s)   # no hour of catch-up before the hours asked for
         while t < now:
-            t = min(now, t + 600)
+            t = min(now, t + step_s)
             analyzer.step(t)
         log_rss("analysis_warm")
         return analyzer
@@ -163,8 +226,8 @@ class MemoryProbe:
         rss = psutil.Process().memory_info().rss / 1e6
         duck = await self.store.read(lambda cur: cur.execute(
             "SELECT tag, memory_usage_bytes FROM duckdb_memory() WHERE memory_usage_bytes > 0").fetchall())
-        self.log.info("event=memory tick=%d %s py_blocks=%d gc_objects=%d duckdb_mb=%s", self.ticks, parts,
-                      sys.getallocatedblocks(), len(gc.get_objects()),
+        self.log.info("event=memory tick=%d %s %s py_blocks=%d gc_objects=%d duckdb_mb=%s", self.ticks, parts,
+                      allocators(), sys.getallocatedblocks(), len(gc.get_objects()),
                       ",".join(f"{tag}:{n / 1e6:.1f}" for tag, n in duck) or "0")
         if self.ticks == 3:
             libc = ctypes.CDLL("libc.so.6")
