@@ -42,7 +42,7 @@ MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart af
 # every table into Python at a time, and the heap it grew (about 50 MB) stayed with the process
 STEP_MAX_S = 600
 KEEP_SECONDS_S = 3 * 3600    # at most this much of an open gap run's seconds is kept in memory
-STACKS_KEEP_S = 900          # seconds of an open run whose stacks stay in memory for attribution
+STACKS_KEEP_S = 300          # seconds of an open run whose stacks stay in memory for attribution
 BRIDGE_MAX_S = 5             # busy seconds that can join two starved stretches of one culprit
 
 
@@ -216,13 +216,15 @@ class Analyzer:
         keep_from = max(st.gaps.open_since() or t_to, t_to - KEEP_SECONDS_S)
         for t in [t for t in st.seconds if t < keep_from]:
             del st.seconds[t]
-        # a long open run keeps each second's thread split (its culprit vote) but only the
-        # last STACKS_KEEP_S seconds' stacks: its code is named from its recent behaviour
+        # a long open run keeps, per older second, only each process's busiest thread without
+        # its stacks (its culprit vote); the last STACKS_KEEP_S seconds keep everything, so its
+        # code is named from its recent behaviour and memory stays bounded
         for t in [t for t in st.seconds if t < t_to - STACKS_KEEP_S]:
             for p in st.seconds[t].processes:
-                if p.work is not None:
-                    for th in p.work.threads:
-                        th.own_stacks = {}
+                if p.work is not None and (len(p.work.threads) > 1 or any(th.own_stacks for th in p.work.threads)):
+                    best = max(p.work.threads, key=lambda th: th.own)
+                    best.own_stacks = {}
+                    p.work.threads = [best]
         return events
 
     def _feed_gap(self, st: GpuState, t: int, feed_class: str, culprit: str | None, features: dict) -> list[Segment]:

@@ -94,7 +94,7 @@ class GpuWaitLearner:
     ``min_each`` seconds on each side: until then only the explicit syncs count.
     """
 
-    def __init__(self, busy_sm_pct: float, horizon_s: int = 900, min_r: float = 0.5, rise: float = 2.0,
+    def __init__(self, busy_sm_pct: float, horizon_s: int = 300, min_r: float = 0.5, rise: float = 2.0,
                  min_gap: float = 0.05, min_each: int = 5) -> None:
         self.busy = busy_sm_pct
         self.min_r, self.rise, self.min_gap, self.min_each = min_r, rise, min_gap, min_each
@@ -107,7 +107,8 @@ class GpuWaitLearner:
         if total < 5:
             return
         hist = self.history.setdefault(pid, deque(maxlen=self.horizon))
-        hist.append((sm_util, {k: v / total for k, v in leaf_counts.items()}))
+        # a leaf under min_gap of the samples can never be learned: keep only the others
+        hist.append((sm_util, {k: v / total for k, v in leaf_counts.items() if v / total >= self.min_gap}))
         self._learned.pop(pid, None)
 
     def waits(self, pid: int) -> frozenset[str]:
