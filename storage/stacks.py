@@ -229,10 +229,5 @@ def sampling_coverage(cur, t_from: float, t_to: float) -> list[dict]:
 
 
 def paths(cur, leaves: list[int]) -> dict[int, tuple[FrameKey, ...]]:
-    """Leaf stack node id -> its frames, root first, resolved for this call only: the analysis
-    asks for every stack of every second, and the shared cache would fill with them."""
-    db = _DbPaths()
-    missing = [leaf for leaf in leaves if leaf]
-    if missing:
-        db.load(cur, missing)
-    return {leaf: db.path(leaf) for leaf in leaves}
+    """Leaf stack node id -> its frames, root first (through the bounded node cache)."""
+    return _CACHE.paths(cur, leaves)
