@@ -25,7 +25,7 @@ from infersight.daemon.analysis.lifecycle import Lifecycle, startup_share
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import EngineScope, build_seconds, serving_pids
 from infersight.daemon.analysis.straggler import StragglerDetector
-from infersight.daemon.analysis.threads import GpuWaitLearner, is_wait, leaf_key, split_process
+from infersight.daemon.analysis.threads import GpuWaitLearner, is_wait, leaf_key, own_stacks, split_process
 from infersight.daemon.config.load import Config
 from infersight.daemon.gpu.peaks import peaks_for
 from infersight.daemon.logfmt import kv
@@ -42,7 +42,6 @@ MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart af
 # every table into Python at a time, and the heap it grew (about 50 MB) stayed with the process
 STEP_MAX_S = 600
 KEEP_SECONDS_S = 3 * 3600    # at most this much of an open gap run's seconds is kept in memory
-STACKS_KEEP_S = 300          # seconds of an open run whose stacks stay in memory for attribution
 BRIDGE_MAX_S = 5             # busy seconds that can join two starved stretches of one culprit
 
 
@@ -57,7 +56,30 @@ class GpuState:
     bridge: list[int] = field(default_factory=list)   # busy seconds held back (_feed_gap)
     # the seconds of the gap run still open: the evidence of its events, re-made every tick.
     # Seconds outside a run are never needed again once the tick that saw them is done.
-    seconds: dict[int, Second] = field(default_factory=dict)
+    seconds: dict[int, RunSecond] = field(default_factory=dict)
+    # the culprit thread's stacks of each open run, read from the database (never kept per
+    # second: forty threads' stacks per second of a long run were hundreds of MB)
+    code: attribution.ThreadCode = field(default_factory=attribution.ThreadCode)
+
+
+@dataclass(frozen=True, slots=True)
+class RunSecond:
+    """What a gap event reads of one second of its run: GPU and engine figures, the thread
+    that led the second's own work, and each serving process's own-work CPU (% of a core)."""
+
+    sm_util: float | None
+    util_gpu: float | None
+    running: float | None
+    waiting: float | None
+    gen_tokens_s: float | None
+    leader: attribution.Leader | None
+    own_cpu: tuple[tuple[int, float], ...]
+
+    @classmethod
+    def of(cls, s: Second, rate_hz: float) -> "RunSecond":
+        own = tuple((p.pid, cpu) for p in s.processes if (cpu := p.own_cpu_pct(rate_hz)) is not None)
+        return cls(s.sm_util, s.util_gpu, s.running, s.waiting, s.gen_tokens_s,
+                   attribution.second_leader(s, rate_hz), own)
 
 
 class Analyzer:
@@ -141,7 +163,7 @@ class Analyzer:
         targets = self.store.read_sync(q.targets)
         for gpu in gpus:
             events += self._analyse_gpu(gpu, t_from, t_to, targets)
-        events += self.straggler.events(self.store, self.host, targets, t_from, t_to)
+        events += self.straggler.events(self.store, self.host, targets, t_from, t_to, self._gpu_waits)
         events += self.regression.check(self.store, self.host, t_to)
         # an open finding that later seconds re-segmented (a transition second joined the next
         # phase) is replaced by the new segmentation: drop the old one
@@ -154,6 +176,11 @@ class Analyzer:
             self.store.write_sync(q_events.upsert_events, events)
             self.events_written += len(events)
         return events
+
+    def _gpu_waits(self, gpu: int, pid: int) -> frozenset[str]:
+        """The leaves learned as GPU waits of ``pid`` on ``gpu`` (none before its first second)."""
+        st = self.gpus.get(gpu)
+        return st.waits.waits(pid) if st is not None else frozenset()
 
     def _state(self, gpu: int) -> GpuState:
         st = self.gpus.get(gpu)
@@ -201,7 +228,7 @@ class Analyzer:
                 else:
                     culprit = f"{busiest.pid}:{busiest.top_leaf}"
             finished += self._feed_gap(st, s.t, feed_class, culprit, features)
-            st.seconds[s.t] = s
+            st.seconds[s.t] = RunSecond.of(s, self.rate_hz)
             st.mismatch.feed(s, klass)
             st.saturation.feed(s, klass)
             windows.append(Window(start=float(s.t), end=float(s.t + 1), gpu=gpu, klass=klass, features=features))
@@ -216,15 +243,7 @@ class Analyzer:
         keep_from = max(st.gaps.open_since() or t_to, t_to - KEEP_SECONDS_S)
         for t in [t for t in st.seconds if t < keep_from]:
             del st.seconds[t]
-        # a long open run keeps, per older second, only each process's busiest thread without
-        # its stacks (its culprit vote); the last STACKS_KEEP_S seconds keep everything, so its
-        # code is named from its recent behaviour and memory stays bounded
-        for t in [t for t in st.seconds if t < t_to - STACKS_KEEP_S]:
-            for p in st.seconds[t].processes:
-                if p.work is not None and (len(p.work.threads) > 1 or any(th.own_stacks for th in p.work.threads)):
-                    best = max(p.work.threads, key=lambda th: th.own)
-                    best.own_stacks = {}
-                    p.work.threads = [best]
+        st.code.keep_only_used()
         return events
 
     def _feed_gap(self, st: GpuState, t: int, feed_class: str, culprit: str | None, features: dict) -> list[Segment]:
@@ -307,20 +326,21 @@ class Analyzer:
         tokens = _mean([s.gen_tokens_s for s in secs])
         # a stall is time spent waiting: its waits (idle samples where recorded) are the evidence;
         # a starved GPU's evidence is the culprit thread's own work (never its waits)
-        culprit = attribution.culprit(secs, self.rate_hz)
+        culprit = attribution.culprit([s.leader for s in secs])
         if seg.klass == "stall" or culprit is None:
             frames = attribution.top_frames(self.store, seg.start, seg.end, serving, self.cfg.top_frames,
                                             active=None if seg.klass == "stall" else True)
             hot_paths: list[dict] = []
         else:
-            frames, hot_paths = attribution.culprit_code(secs, culprit, self.cfg.top_frames)
-        busiest = {}
+            # split with what the GPU-wait learner knows now (as each second was split)
+            active = st.code.stacks(self.store, culprit["pid"], culprit["tid"], seg.start, seg.end)
+            own = own_stacks(active, st.waits.waits(culprit["pid"]))
+            frames, hot_paths = attribution.code_of(own, culprit, self.cfg.top_frames)
+        busiest: dict[int, list[float]] = {}
         for s in secs:
-            for p in s.processes:
-                own = p.own_cpu_pct(self.rate_hz)
-                if own is not None:
-                    busiest.setdefault((p.pid, p.role), []).append(own)
-        cpu = {f"{pid}": round(sum(v) / len(v), 1) for (pid, _), v in busiest.items()}
+            for pid, own_cpu in s.own_cpu:
+                busiest.setdefault(pid, []).append(own_cpu)
+        cpu = {f"{pid}": round(sum(v) / len(v), 1) for pid, v in busiest.items()}
         idle_pct = 100.0 * lost / max(1, len(secs))
         in_flight = (running or 0) + (waiting or 0)
         top = frames[0] if frames else None

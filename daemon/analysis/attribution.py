@@ -6,9 +6,10 @@ tokenizer and an engine core's scheduler are told apart.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from infersight.storage import render, stacks
+from infersight.storage import render, stacks, thread_stacks
 from infersight.storage.store import Store
 
 
@@ -50,50 +51,85 @@ def diff_summary(store: Store, a: tuple[float, float], b: tuple[float, float], l
     return render.top_changes(render.diff_tree(pa, pb), limit)
 
 
-def culprit(seconds: list, rate_hz: float) -> dict[str, Any] | None:
-    """The process and thread that starved the GPU over ``seconds`` (analysis Seconds whose
-    processes carry their thread split, analysis/threads.py): per second the thread with the
-    most own-work CPU (the process's CPU times that thread's share of its own-work samples),
-    then the thread that led most often. None when no thread did own work."""
-    votes: dict[tuple[int, int], int] = {}
-    cpu: dict[tuple[int, int], list[float]] = {}
-    names: dict[tuple[int, int], tuple[str, str]] = {}
-    for s in seconds:
-        best, best_cpu = None, 0.0
-        for p in s.processes:
-            if p.work is None or not p.work.own:
-                continue
-            own_cpu = p.own_cpu_pct(rate_hz) or 0.0
-            for t in p.work.threads:
-                share = own_cpu * t.own / p.work.own
-                if share > best_cpu:
-                    best, best_cpu = (p.pid, t.tid), share
-                    names[best] = (p.role, t.name or str(t.tid))
-        if best is not None:
-            votes[best] = votes.get(best, 0) + 1
-            cpu.setdefault(best, []).append(best_cpu)
+@dataclass(frozen=True)
+class Leader:
+    """The thread with the most own-work CPU in one second (its process's CPU times the
+    thread's share of the process's own-work samples, % of one core)."""
+
+    pid: int
+    tid: int
+    role: str
+    thread: str
+    cpu_pct: float
+
+
+def second_leader(second, rate_hz: float) -> Leader | None:
+    """The leading thread of an analysis Second whose processes carry their thread split
+    (analysis/threads.py); None when no thread did own work."""
+    best: Leader | None = None
+    for p in second.processes:
+        if p.work is None or not p.work.own:
+            continue
+        own_cpu = p.own_cpu_pct(rate_hz) or 0.0
+        for t in p.work.threads:
+            share = own_cpu * t.own / p.work.own
+            if share > (best.cpu_pct if best is not None else 0.0):
+                best = Leader(p.pid, t.tid, p.role, t.name or str(t.tid), share)
+    return best
+
+
+def culprit(leaders: list[Leader | None]) -> dict[str, Any] | None:
+    """The process and thread that starved the GPU over a period, from each second's
+    leader: the thread that led most often, with its mean CPU while leading. None when no
+    thread did own work."""
+    votes: dict[tuple[int, int], list[Leader]] = {}
+    for lead in leaders:
+        if lead is not None:
+            votes.setdefault((lead.pid, lead.tid), []).append(lead)
     if not votes:
         return None
-    key = max(votes, key=votes.get)
-    role, thread = names[key]
-    return {"pid": key[0], "tid": key[1], "role": role, "thread": thread,
-            "cpu_pct": round(sum(cpu[key]) / len(cpu[key]), 1), "seconds_leading": votes[key]}
+    won = max(votes.values(), key=len)
+    return {"pid": won[0].pid, "tid": won[0].tid, "role": won[0].role, "thread": won[-1].thread,
+            "cpu_pct": round(sum(x.cpu_pct for x in won) / len(won), 1), "seconds_leading": len(won)}
 
 
-def culprit_code(seconds: list, who: dict[str, Any], limit: int) -> tuple[list[dict], list[dict]]:
-    """The culprit thread's own work over ``seconds``: its top frames by self samples, and
-    its hot paths -- the frames below its common trunk by inclusive samples, so work spread
-    over many small functions reads as the one caller that holds it. Shares are of the
-    thread's own-work samples; waits and GPU waits are never in them."""
-    stacks: dict[tuple, int] = {}
-    for s in seconds:
-        for p in s.processes:
-            if p.pid != who["pid"] or p.work is None:
-                continue
-            for t in p.work.threads:
-                if t.tid == who["tid"]:
-                    for path, n in t.own_stacks.items():
-                        stacks[path] = stacks.get(path, 0) + n
+class ThreadCode:
+    """The stacks of the culprit threads of open runs, read from the database and kept
+    while their run stays open, so a run re-described every tick reads only its new seconds.
+
+    An entry is (process, thread, first second) -> (seconds read until, stack -> active
+    samples); entries not asked for in a tick are dropped by ``keep_only``. What one entry
+    holds is bounded by its thread's distinct stacks, not by the run's length.
+    """
+
+    def __init__(self) -> None:
+        self.entries: dict[tuple[int, int, int], tuple[int, dict[tuple, int]]] = {}
+        self.used: set[tuple[int, int, int]] = set()
+
+    def stacks(self, store: Store, pid: int, tid: int, start: int, end: int) -> dict[tuple, int]:
+        """Active samples of thread ``tid`` of ``pid`` in [start, end) by stack."""
+        key = (pid, tid, start)
+        until, acc = self.entries.get(key, (start, {}))
+        if end < until:                 # the run was re-segmented shorter: read it again
+            until, acc = start, {}
+        if end > until:
+            for path, n in store.read_sync(thread_stacks.thread_profile, until, end, pid, tid).items():
+                acc[path] = acc.get(path, 0) + n
+        self.entries[key] = (end, acc)
+        self.used.add(key)
+        return acc
+
+    def keep_only_used(self) -> None:
+        """Drop what this tick did not ask for (runs closed or re-segmented), then start a tick."""
+        self.entries = {k: v for k, v in self.entries.items() if k in self.used}
+        self.used = set()
+
+
+def code_of(stacks: dict[tuple, int], who: dict[str, Any], limit: int) -> tuple[list[dict], list[dict]]:
+    """A culprit thread's own work (``stacks``: own-work stack -> samples): its top frames
+    by self samples, and its hot paths -- the frames below its common trunk by inclusive
+    samples, so work spread over many small functions reads as the one caller that holds
+    it. Shares are of the thread's own-work samples; waits and GPU waits are never in them."""
     total = sum(stacks.values())
     if not total:
         return [], []

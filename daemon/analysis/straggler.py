@@ -37,7 +37,7 @@ Python collective frame. Shares are pooled over the trailing seconds until each 
 Straggler seconds of one slow rank and cause that last ``analysis.straggler_min_s`` (holes
 of up to ``MERGE_S`` merged) become one ``straggler`` event on the slow rank's GPU, naming
 the rank (pid, GPU, role, thread), its top own-work frames and hot paths
-(attribution.culprit_code) and, as evidence, every rank's shares, SM and NVLink traffic.
+(attribution.code_of, over the thread's stacks read back from the database) and, as evidence, every rank's shares, SM and NVLink traffic.
 
 The thresholds are first guesses from the shape of the problem, not yet measured on a real
 tensor-parallel engine: the balanced case is both ranks waiting (GPU-bound) or both working
@@ -46,15 +46,15 @@ tensor-parallel engine: the balanced case is both ranks waiting (GPU-bound) or b
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from infersight.daemon.analysis import attribution
-from infersight.daemon.analysis.classify import ProcessSecond, Second
+from infersight.daemon.analysis.classify import Second
 from infersight.daemon.analysis.detectors import name_foreign
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import FOREIGN_ROLES
-from infersight.daemon.analysis.threads import ProcessWork, ThreadWork
+from infersight.daemon.analysis.threads import own_stacks
 from infersight.daemon.config.load import AnalysisConfig
 from infersight.storage import analysis as q
 from infersight.storage import series
@@ -72,7 +72,6 @@ SM_RATIO = 1.5
 MIN_SAMPLES = 10      # per rank, pooled over the trailing seconds
 POOL_MAX_S = 10       # the longest pool (1 Hz sampling)
 MERGE_S = 2
-KEEP_STACKS_S = 900   # an open run names its code from its last 15 min, like the gap events
 
 
 @dataclass
@@ -91,7 +90,6 @@ class RankCounts:
     idle: int = 0
     sm_util: float | None = None
     own_cpu_pct: float | None = None
-    own_stacks: dict = field(default_factory=dict)
 
     @property
     def samples(self) -> int:
@@ -125,7 +123,7 @@ def rank_counts(gpu: int, s: Second, pid: int, rate_hz: float) -> RankCounts | N
         return None
     return RankCounts(gpu=gpu, pid=pid, role=RANK_ROLE, tid=step.tid, thread=step.name or str(step.tid), own=step.own,
                       wait=step.wait, gpu_wait=step.gpu_wait, collective=step.collective, idle=step.idle,
-                      sm_util=s.sm_util, own_cpu_pct=p.own_cpu_pct(rate_hz), own_stacks=step.own_stacks)
+                      sm_util=s.sm_util, own_cpu_pct=p.own_cpu_pct(rate_hz))
 
 
 def engine_ranks(targets: list[dict], memory: dict[int, dict[int, float]], t_from: float) -> list[dict[int, int]]:
@@ -198,11 +196,15 @@ class StragglerDetector:
         self.trackers: dict[tuple[int, ...], RunTracker] = {}
         self.recent: dict[tuple[int, ...], deque[tuple[int, dict[int, RankCounts]]]] = {}
         self.details: dict[tuple[int, ...], dict[int, dict[int, RankCounts]]] = {}
+        self.code = attribution.ThreadCode()    # the slow threads' stacks while their runs are open
 
     def add(self, gpu: int, seconds: list[Second]) -> None:
         self.pending.setdefault(gpu, []).extend(seconds)
 
-    def events(self, store: Store, host: str, targets: list[dict], t_from: int, t_to: int) -> list[Event]:
+    def events(self, store: Store, host: str, targets: list[dict], t_from: int, t_to: int,
+               gpu_waits: Callable[[int, int], frozenset[str]] = lambda gpu, pid: frozenset()) -> list[Event]:
+        """The events of the piece [t_from, t_to) once every GPU's seconds are in;
+        ``gpu_waits(gpu, pid)`` gives the leaves learned as GPU waits (the thread split's)."""
         pending, self.pending = self.pending, {}
         # NVML's memory per pid places a worker listed on several GPUs; most hosts need no read
         listed = {g for t in targets if t["role"] == RANK_ROLE and len(t["gpus"] or ()) > 1 for g in t["gpus"]}
@@ -236,8 +238,9 @@ class StragglerDetector:
                 details[t] = by_t[t]
                 done += tracker.feed(t, "straggler", f"{cause}:{slow.gpu}:{slow.pid}")
             done += tracker.flush_until(t_to)
-            out += [self._event(store, host, key, seg, details, info, False) for seg in done]
-            out += [self._event(store, host, key, seg, details, info, True) for seg in tracker.open_segments()]
+            out += [self._event(store, host, key, seg, details, info, gpu_waits, False) for seg in done]
+            out += [self._event(store, host, key, seg, details, info, gpu_waits, True)
+                    for seg in tracker.open_segments()]
             if not ranks and tracker.open_since() is None:
                 for state in (self.trackers, self.details, self.recent):
                     del state[key]
@@ -245,13 +248,12 @@ class StragglerDetector:
             first = tracker.open_since()
             for t in [t for t in details if first is None or t < first]:
                 del details[t]
-            for t in [t for t in details if t < t_to - KEEP_STACKS_S]:
-                for c in details[t].values():
-                    c.own_stacks = {}
+        self.code.keep_only_used()
         return out
 
     def _event(self, store: Store, host: str, key: tuple[int, ...], seg: Segment,
-               details: dict[int, dict[int, RankCounts]], info: dict[int, dict], open_: bool) -> Event:
+               details: dict[int, dict[int, RankCounts]], info: dict[int, dict],
+               gpu_waits: Callable[[int, int], frozenset[str]], open_: bool) -> Event:
         cause, gpu, pid = seg.label.split("|", 1)[1].split(":")
         gpu, pid = int(gpu), int(pid)
         secs = [details[t] for t in seg.seconds if t in details]
@@ -263,9 +265,8 @@ class StragglerDetector:
         frames, hot = [], []
         if slow["pid"] == pid and slow["tid"] is not None:
             who = {"pid": pid, "tid": slow["tid"], "role": slow["role"], "thread": slow["thread"]}
-            frames, hot = attribution.culprit_code(
-                [_as_second(d[gpu]) for d in secs if gpu in d and d[gpu].tid == slow["tid"]], who,
-                self.cfg.top_frames)
+            active = self.code.stacks(store, pid, slow["tid"], seg.start, seg.end)
+            frames, hot = attribution.code_of(own_stacks(active, gpu_waits(gpu, pid)), who, self.cfg.top_frames)
         wait = _mean([r["peer_wait_share"] for r in others])
         coll = _mean([r["collective_share"] for r in others])
         # a GPU busier than its peers: name what else runs on it (NVML's processes there that
@@ -369,12 +370,6 @@ def _nvlink(store: Store, gpu: int, start: int, end: int) -> dict[str, float | N
         points = store.read_sync(series.gpu_series, signal, gpu, float(start), float(end), float(max(1, end - start)))
         out[signal] = points[0][1] if points else None
     return out
-
-
-def _as_second(c: RankCounts) -> Second:
-    """The slow rank's step thread as a Second, the shape attribution.culprit_code reads."""
-    work = ProcessWork(c.pid, [ThreadWork(c.tid, c.thread, own=c.own, own_stacks=c.own_stacks)])
-    return Second(t=0, gpu=c.gpu, processes=[ProcessSecond(pid=c.pid, role=c.role, work=work)])
 
 
 def _mean(values: list[float | None]) -> float | None:

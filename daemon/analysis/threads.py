@@ -194,17 +194,29 @@ def split_process(pid: int, threads: list[ThreadSecond], gpu_waits: frozenset[st
     for ts in threads:
         tw = ThreadWork(ts.tid, ts.name, idle=ts.idle)
         for path, n in ts.active.items():
-            key = leaf_key(path)
-            if GPU_WAIT_LEAF.search(key):
-                tw.gpu_wait += n
-            elif is_collective(path):
-                tw.collective += n
-            elif key in gpu_waits:
-                tw.gpu_wait += n
-            elif is_wait(path):
-                tw.wait += n
-            else:
-                tw.own += n
+            kind = sample_kind(path, gpu_waits)
+            setattr(tw, kind, getattr(tw, kind) + n)
+            if kind == "own":
                 tw.own_stacks[path] = tw.own_stacks.get(path, 0) + n
         work.threads.append(tw)
     return work
+
+
+def sample_kind(path: tuple[Frame, ...], gpu_waits: frozenset[str]) -> str:
+    """What an active sample with stack ``path`` was doing: ``own`` work, ``wait``,
+    ``gpu_wait`` or ``collective`` (the order of the tests is split_process's contract)."""
+    key = leaf_key(path)
+    if GPU_WAIT_LEAF.search(key):
+        return "gpu_wait"
+    if is_collective(path):
+        return "collective"
+    if key in gpu_waits:
+        return "gpu_wait"
+    if is_wait(path):
+        return "wait"
+    return "own"
+
+
+def own_stacks(stacks: dict[tuple[Frame, ...], int], gpu_waits: frozenset[str]) -> dict[tuple[Frame, ...], int]:
+    """The stacks of ``stacks`` (active samples of one thread) that are its own work."""
+    return {path: n for path, n in stacks.items() if sample_kind(path, gpu_waits) == "own"}
