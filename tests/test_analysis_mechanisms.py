@@ -112,6 +112,37 @@ def test_episodes_ignore_sampling_noise_and_split_on_a_real_change():
     assert tv_distance({"x": 1}, {"x": 5}) == 0.0
 
 
+def test_episodes_split_when_a_module_joins_spread_over_many_rare_leaves():
+    """20 own samples a second over a long tail of model leaves; then a tokenizer module takes
+    40 % spread over 30 leaves of its own. Per second the shift hides in the noise of the
+    tail; pooled over a few seconds and summed by file it does not (transformers recording,
+    tests/fixtures/hf-transformers). The same tail alone never splits."""
+    rng = random.Random(5)
+    model = {f"modeling.py:f{i}": 1.0 / (i + 1) for i in range(40)}
+    model.update({f"torch/nn.py:g{i}": 0.5 / (i + 1) for i in range(20)})
+    tokenizer = {f"tokenization.py:t{i}": 1.0 / (i + 1) for i in range(30)}
+
+    def draw(profile, n=20):
+        keys = list(profile)
+        out: dict[str, int] = {}
+        for k in rng.choices(keys, weights=[profile[k] for k in keys], k=n):
+            out[k] = out.get(k, 0) + 1
+        return out
+
+    def mixed():
+        return {**draw(model, 12), **draw(tokenizer, 8)}
+
+    for _ in range(5):                              # the tail alone: one episode however long
+        ep = EpisodeTracker()
+        assert len({ep.label(1, 1, draw(model)) for _ in range(120)}) == 1
+    ep = EpisodeTracker()
+    before = [ep.label(1, 1, draw(model)) for _ in range(20)]
+    after = [ep.label(1, 1, mixed()) for _ in range(15)]
+    assert len(set(before)) == 1 and after[-1] != before[-1]
+    assert after.index(after[-1]) <= 4              # found within the pooling window
+    assert len(set(after[after.index(after[-1]):])) == 1
+
+
 def test_episodes_split_when_the_load_changes_by_a_factor():
     ep = EpisodeTracker()
     leaves = {"a": 20, "b": 20}

@@ -38,6 +38,8 @@ def label(phase: str, t0: float) -> None:
 
 
 tok = AutoTokenizer.from_pretrained(tok_dir)
+if tok.pad_token is None:       # a batch of chats is padded (mkmodel's tokenizer has no pad token)
+    tok.pad_token = tok.eos_token
 tok.chat_template = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}\n{% endfor %}"
                      "{% if add_generation_prompt %}<|assistant|> {% endif %}")
 torch.set_default_dtype(torch.bfloat16)

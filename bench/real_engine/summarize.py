@@ -35,7 +35,8 @@ def load(root: Path) -> dict:
     gpu_path = root / "gpu.jsonl" if (root / "gpu.jsonl").exists() else root / "gpu.jsonl.gz"
     gpu = [json.loads(x) for x in _lines(gpu_path)]
     procs = json.loads((root / "processes.json").read_text())["processes"]
-    scrapes = [json.loads(x) for x in _lines(root / "engine_metrics.jsonl.gz")]
+    metrics = root / "engine_metrics.jsonl.gz"     # absent for a workload without a server
+    scrapes = [json.loads(x) for x in _lines(metrics)] if metrics.exists() else []
     windows = {}
     for p in procs:
         if p.get("stacks_windows"):
