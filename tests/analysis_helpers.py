@@ -23,6 +23,21 @@ EXPECTED_CLASS = {
 BUSY = ("compute_bound", "memory_bound")
 
 
+def replay(root: Path) -> tuple[list[dict], list[dict], list[str]]:
+    """A recording through ``infersight replay``'s pipeline at the default config, in memory:
+    (windows, events, errors)."""
+    from infersight.daemon.config.load import Config
+    from infersight.daemon.replay.command import run_replay
+    from infersight.storage.store import Store
+
+    config = Config()
+    store = Store.open(":memory:", host=config.host)
+    try:
+        return run_replay(root, store, config)
+    finally:
+        store.close()
+
+
 def labels(root: Path) -> list[dict]:
     return [json.loads(line) for line in (root / "labels.jsonl").read_text().splitlines() if line.strip()]
 

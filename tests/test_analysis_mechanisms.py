@@ -90,16 +90,21 @@ def test_an_old_process_never_starts_and_an_exiting_one_stops():
     assert lc.step(5002, [_proc(5002, 0.0, 100, exited=5010)], served=True) is None
 
 
+def _draw(rng: random.Random, profile: dict[str, float], n: int) -> dict[str, int]:
+    """``n`` samples drawn from ``profile`` (leaf -> weight), counted by leaf."""
+    keys = list(profile)
+    out: dict[str, int] = {}
+    for k in rng.choices(keys, weights=[profile[k] for k in keys], k=n):
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
 def test_episodes_ignore_sampling_noise_and_split_on_a_real_change():
     rng = random.Random(3)
     a = {f"a{i}": 1.0 for i in range(12)}
 
     def draw(profile, n=35):
-        keys = list(profile)
-        out: dict[str, int] = {}
-        for k in rng.choices(keys, weights=[profile[k] for k in keys], k=n):
-            out[k] = out.get(k, 0) + 1
-        return out
+        return _draw(rng, profile, n)
 
     assert 0.15 < noise_tv(a, 35) < 0.3
     ep = EpisodeTracker()
@@ -123,11 +128,7 @@ def test_episodes_split_when_a_module_joins_spread_over_many_rare_leaves():
     tokenizer = {f"tokenization.py:t{i}": 1.0 / (i + 1) for i in range(30)}
 
     def draw(profile, n=20):
-        keys = list(profile)
-        out: dict[str, int] = {}
-        for k in rng.choices(keys, weights=[profile[k] for k in keys], k=n):
-            out[k] = out.get(k, 0) + 1
-        return out
+        return _draw(rng, profile, n)
 
     def mixed():
         return {**draw(model, 12), **draw(tokenizer, 8)}

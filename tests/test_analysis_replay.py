@@ -12,24 +12,21 @@ import sys
 from pathlib import Path
 
 import pytest
-from analysis_helpers import BUSY, EXPECTED_CLASS, FIXTURES, class_counts, labels, overlapping, reorder_recording
-
+from analysis_helpers import (
+    BUSY,
+    EXPECTED_CLASS,
+    FIXTURES,
+    class_counts,
+    labels,
+    overlapping,
+    reorder_recording,
+    replay,
+)
 from infersight.daemon.config.load import Config
 from infersight.daemon.replay.command import main as replay_main
-from infersight.daemon.replay.command import run_replay
-from infersight.storage.store import Store
 
 CULPRITS = {"host_bound": "tokenize_slow_python", "core_bound": "schedule_slow_python",
             "launch_bound": "sample_unfused"}
-
-
-def _replay(root: Path):
-    config = Config()
-    store = Store.open(":memory:", host=config.host)
-    try:
-        return run_replay(root, store, config)
-    finally:
-        store.close()
 
 
 # recordings with their culprit names and layout; h100-rec* were recorded for these tests with
@@ -47,7 +44,7 @@ RECORDINGS = {
 @pytest.fixture(scope="module", params=sorted(RECORDINGS))
 def replayed(request):
     root = FIXTURES / request.param
-    windows, events, errors = _replay(root)
+    windows, events, errors = replay(root)
     return root, windows, events, errors
 
 
@@ -104,7 +101,7 @@ def test_gap_events_carry_duration_lost_time_and_processes(replayed):
 
 def test_noisy_neighbour_names_the_other_gpu_process():
     root = FIXTURES / "h100-scenario"
-    _, events, _ = _replay(root)
+    _, events, _ = replay(root)
     mismatches = [e for e in events if e["kind"] == "util_throughput_mismatch"]
     assert mismatches
     foreign = mismatches[0]["evidence"]["foreign_processes"]
@@ -125,7 +122,7 @@ def test_noisy_neighbour_names_the_other_gpu_process():
 def test_other_order_and_names_same_answers(tmp_path, source, order, renames):
     dst = tmp_path / "reordered"
     reorder_recording(FIXTURES / source, dst, order, renames)
-    windows, events, errors = _replay(dst)
+    windows, events, errors = replay(dst)
     culprits = {phase: renames[name] for phase, name in CULPRITS.items()}
     check_recording(dst, windows, events, culprits, split=source.endswith("split"))
 

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import collections
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
-
-from infersight.daemon.config.load import Config
-from infersight.daemon.replay.command import run_replay
-from infersight.storage.store import Store
+from analysis_helpers import labels as read_labels
+from analysis_helpers import replay
 
 ROOT = Path(__file__).resolve().parent.parent
 REC = ROOT / "tests" / "fixtures" / "hf-transformers"
@@ -40,15 +37,9 @@ STARVED = ("batch1_decode", "chat_tokenize", "batch64_decode")
 
 @pytest.fixture(scope="module")
 def replayed():
-    config = Config()
-    store = Store.open(":memory:", host=config.host)
-    try:
-        windows, events, errors = run_replay(REC, store, config)
-    finally:
-        store.close()
+    windows, events, errors = replay(REC)
     assert not errors, errors
-    labels = [json.loads(line) for line in (REC / "labels.jsonl").read_text().splitlines()]
-    return windows, [e for e in events if e["kind"] == "cpu_gpu_gap"], labels
+    return windows, [e for e in events if e["kind"] == "cpu_gpu_gap"], read_labels(REC)
 
 
 def _overlap(e, t0, t1):

@@ -16,10 +16,8 @@ import json
 from pathlib import Path
 
 import pytest
-
-from infersight.daemon.config.load import Config
-from infersight.daemon.replay.command import run_replay
-from infersight.storage.store import Store
+from analysis_helpers import labels as read_labels
+from analysis_helpers import replay
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -50,14 +48,8 @@ EXPECTED = {
 @pytest.fixture(scope="module", params=sorted(EXPECTED))
 def replayed(request):
     root = FIXTURES / request.param
-    config = Config()
-    store = Store.open(":memory:", host=config.host)
-    try:
-        windows, events, errors = run_replay(root, store, config)
-    finally:
-        store.close()
-    labels = [json.loads(line) for line in (root / "labels.jsonl").read_text().splitlines()]
-    return request.param, root, windows, events, labels
+    windows, events, _ = replay(root)
+    return request.param, root, windows, events, read_labels(root)
 
 
 def _classes(windows, t0, t1):
