@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from infersight.daemon.engines import histograms as eh
+from infersight.daemon.engines.signals import RATE_DECIMALS
 from infersight.daemon.replay.engine import read_lines, replay_engine_lines
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -94,7 +95,9 @@ def test_token_rates_per_phase(rec):
             from_counter = (inside[-1][1][counter] - inside[0][1][counter]) / span
             # our per-scrape rates over the same intervals, weighted by each interval's length
             ours = sum(rates[t] * (t - rec.prev_t(t)) for t, _, _ in inside[1:]) / span
-            assert ours == pytest.approx(from_counter, rel=1e-6, abs=1e-6), (label["phase"], counter)
+            # each rate is rounded to RATE_DECIMALS, so their weighted mean is within half a unit
+            assert ours == pytest.approx(from_counter, rel=1e-6, abs=0.5 * 10 ** -RATE_DECIMALS + 1e-9), \
+                (label["phase"], counter)
             assert all(rates[t] >= 0 for t, _, _ in inside)
         if label["phase"] in expected:
             want = expected[label["phase"]][0]
@@ -170,4 +173,4 @@ def test_recorded_errors_and_bad_json_are_reported():
     assert batches[1].errors == ["e: recording line 2: not a scrape record", "e: URLError(ConnectionRefusedError(111))"]
     assert "not Prometheus text" in batches[2].errors[0]
     [rate] = [s for s in batches[3].engine_samples if s.signal == "generation_tokens_per_s"]
-    assert rate.value == pytest.approx(20 / 3)   # across the failed scrapes, from the last good one
+    assert rate.value == round(20 / 3, RATE_DECIMALS)   # across the failed scrapes, from the last good one

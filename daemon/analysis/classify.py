@@ -87,6 +87,18 @@ class Second:
         return any(v > 0.5 for v in values[:2]) or any(v > 0 for v in values[2:])
 
 
+# Decimals a window reports its means with: the counters behind them (GPM percentages, NVML's
+# integer percents, the engines' gauges and per-second rates) carry no finer resolution, and
+# short decimals compress (DuckDB's ALP) to about half of what full doubles take in the
+# windows table. The class is decided on the unrounded values.
+REPORTED_DECIMALS = {"util_gpu": 2, "sm_util": 2, "tensor_util": 2, "dram_bw_util": 2,
+                     "running": 2, "waiting": 2, "gen_tokens_s": 2}
+
+
+def _reported(value: float | None, name: str) -> float | None:
+    return None if value is None else round(value, REPORTED_DECIMALS[name])
+
+
 def busiest_process(second: Second, rate_hz: float) -> ProcessSecond | None:
     best, best_cpu = None, -1.0
     for p in second.processes:
@@ -105,9 +117,8 @@ def classify(second: Second, cfg: AnalysisConfig, rate_hz: float,
     host_busy = own_cpu is not None and own_cpu >= cfg.cpu_busy_pct
     in_flight = second.in_flight
     features: dict[str, float | str | None] = {
-        "util_gpu": second.util_gpu, "sm_util": second.sm_util, "tensor_util": second.tensor_util,
-        "dram_bw_util": second.dram_bw_util, "running": second.running, "waiting": second.waiting,
-        "gen_tokens_s": second.gen_tokens_s, "busiest_pid": busy_proc.pid if busy_proc else None,
+        **{name: _reported(getattr(second, name), name) for name in REPORTED_DECIMALS},
+        "busiest_pid": busy_proc.pid if busy_proc else None,
         "busiest_role": busy_proc.role if busy_proc else None,
         "busiest_own_cpu_pct": None if own_cpu is None else round(own_cpu, 1),
         "mode": "gpm" if second.has_gpm else "nvml_only",

@@ -223,7 +223,8 @@ def mbu_features(s: Second, peak_bw_bytes_s: float | None, weight_bytes: float) 
     """
     out: dict[str, float | None] = {}
     if peak_bw_bytes_s and s.dram_bw_util is not None:
-        out["dram_bw_bytes_s"] = round(s.dram_bw_util / 100.0 * peak_bw_bytes_s, 1)
+        # whole MB/s: the utilization behind it has 2 decimals of a percent of TB/s
+        out["dram_bw_bytes_s"] = round(s.dram_bw_util / 100.0 * peak_bw_bytes_s, -6)
         out["dram_bw_of_peak"] = round(s.dram_bw_util / 100.0, 4)
     if peak_bw_bytes_s and weight_bytes and s.gen_tokens_s and s.running and s.running >= 1:
         steps = s.gen_tokens_s / s.running

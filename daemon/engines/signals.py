@@ -49,6 +49,7 @@ HISTOGRAM_SIGNALS = tuple(HISTOGRAM_UNITS)
 # the smallest value a histogram's observations can take, where it is not 0 (a step has a token)
 HISTOGRAM_LOWEST = {"iteration_tokens": 1.0}
 QUANTILES = (("p50", 0.50), ("p95", 0.95), ("p99", 0.99))
+RATE_DECIMALS = 3  # decimals a counter's per-second rate is given with
 # derived ratio -> (numerator, denominator): rates of one scrape interval, per engine and model
 RATIOS = {"prefix_cache_hit_ratio": ("prefix_cache_hits_per_s", "prefix_cache_queries_per_s")}
 
@@ -169,6 +170,9 @@ class EngineNormalizer:
                     v = sum(values) / scrape.dt
                     if signal in MEAN_COUNTERS:
                         v /= len(values)
+                    # a thousandth per second is far below what a counter's increase over one
+                    # scrape can tell, and short decimals compress (DuckDB's ALP) to about 60 %
+                    v = round(v, RATE_DECIMALS)
                 if not math.isfinite(v):
                     continue
                 out.engine_samples.append(EngineSample(t, self.endpoint, spec.name, model, signal, v))
