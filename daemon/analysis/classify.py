@@ -87,10 +87,11 @@ class Second:
         return any(v > 0.5 for v in values[:2]) or any(v > 0 for v in values[2:])
 
 
-# Decimals a window reports its means with: the counters behind them (GPM percentages, NVML's
-# integer percents, the engines' gauges and per-second rates) carry no finer resolution, and
-# short decimals compress (DuckDB's ALP) to about half of what full doubles take in the
-# windows table. The class is decided on the unrounded values.
+# Decimals a window reports its means with: hundredths of a percent (GPM gives thousandths,
+# NVML whole percents) and of a request or token per second are far below the counters'
+# noise from one second to the next, and short decimals compress (DuckDB's ALP) to about
+# half of what full doubles take in the windows table. The class is decided on the
+# unrounded values.
 REPORTED_DECIMALS = {"util_gpu": 2, "sm_util": 2, "tensor_util": 2, "dram_bw_util": 2,
                      "running": 2, "waiting": 2, "gen_tokens_s": 2}
 
