@@ -23,6 +23,9 @@ from urllib.parse import urlencode
 import psutil
 
 HELPER = Path(__file__).resolve().parent / "_agent_under_load.py"
+# the agent copies the store and may warm its analysis for hours of simulated load before it
+# says it started; two such runs side by side on a 2-core machine took over 5 minutes
+START_TIMEOUT_S = 900.0
 
 
 @dataclass
@@ -66,7 +69,7 @@ def measure(db: str, seconds: float, helper_args: tuple[str, ...] = ()) -> RssRe
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if not started.wait(300):
+        if not started.wait(START_TIMEOUT_S):
             raise RuntimeError("agent did not start:\n" + "\n".join(lines[-20:]))
         base = url[0]
         p = psutil.Process(proc.pid)

@@ -57,11 +57,15 @@ def process_cpu_seconds(cur, t_from: float, t_to: float) -> dict[int, dict[int, 
     return out
 
 
-def wait_frame_ids(cur, patterns: tuple[str, ...]) -> list[int]:
-    """Frame ids whose ``file:function`` matches one of ``patterns`` (GPU waits)."""
+def wait_frames_since(cur, patterns: tuple[str, ...], after_id: int = 0) -> tuple[list[int], int]:
+    """Frame ids above ``after_id`` whose ``file:function`` matches one of ``patterns`` (GPU
+    waits), and the highest frame id there is (``after_id`` when none is higher). Frame ids are
+    never reused (storage/intern.py), so a reader may keep the matches and later ask only for
+    the frames added since."""
     compiled = [re.compile(p) for p in patterns]
-    rows = cur.execute("SELECT id, file, function FROM frames").fetchall()
-    return [fid for fid, file, fn in rows if any(c.search(f"{file}:{fn}") for c in compiled)]
+    rows = cur.execute("SELECT id, file, function FROM frames WHERE id > ?", [int(after_id)]).fetchall()
+    top = max((r[0] for r in rows), default=after_id)
+    return [fid for fid, file, fn in rows if any(c.search(f"{file}:{fn}") for c in compiled)], int(top)
 
 
 def stack_seconds(cur, t_from: float, t_to: float, wait_frames: list[int]) -> dict[int, dict[int, dict]]:

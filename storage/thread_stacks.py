@@ -38,14 +38,18 @@ def thread_seconds(cur, t_from: float, t_to: float, pids: list[int]) -> dict[int
         FROM stack_samples s JOIN targets g ON g.id = s.target LEFT JOIN threads th ON th.id = s.thread
         WHERE s.bucket >= ? AND s.bucket < ? AND g.pid IN (SELECT unnest(?))
         GROUP BY 1, 2, 3, 4, 5, 6""", [int(t_from // 1), int(-(-t_to // 1)), list(pids)]).fetchall()
-    paths = stacks.paths(cur, list({r[4] for r in rows if r[5]}))
+    # a grouped result comes in no fixed order, and the analysis breaks ties (the busiest of two
+    # equally busy threads) by order: by second, pid, thread and stack, the same every run
+    rows.sort(key=lambda r: (r[0], r[1], r[2], r[4], r[5]))
+    # one tuple per stack, shared by every second that sampled it
+    paths = {k: tuple(v) for k, v in stacks.paths(cur, list({r[4] for r in rows if r[5]})).items()}
     by_key: dict[tuple[int, int, int], ThreadSecond] = {}
     for sec, pid, tid, name, stack, active, count in rows:
         ts = by_key.get((sec, pid, tid))
         if ts is None:
             ts = by_key[(sec, pid, tid)] = ThreadSecond(int(pid), int(tid), name)
         if active:
-            path = tuple(paths.get(stack, ()))
+            path = paths.get(stack, ())
             ts.active[path] = ts.active.get(path, 0) + int(count)
         else:
             ts.idle += int(count)

@@ -23,7 +23,8 @@ from infersight.daemon.analysis.regression import RegressionDetector
 from infersight.daemon.analysis.episodes import EpisodeTracker
 from infersight.daemon.analysis.lifecycle import Lifecycle, startup_share
 from infersight.daemon.analysis.runs import RunTracker, Segment
-from infersight.daemon.analysis.seconds import EngineScope, build_seconds, serving_pids
+from infersight.daemon.analysis.seconds import (EngineScope, HostSeconds, WaitFrames, build_seconds,
+                                                read_host_seconds, serving_pids)
 from infersight.daemon.analysis.straggler import StragglerDetector
 from infersight.daemon.analysis.threads import GpuWaitLearner, is_wait, leaf_key, own_stacks, split_process
 from infersight.daemon.config.load import Config
@@ -31,7 +32,6 @@ from infersight.daemon.gpu.peaks import peaks_for
 from infersight.daemon.logfmt import kv
 from infersight.storage import analysis as q
 from infersight.storage import events as q_events
-from infersight.storage import thread_stacks
 from infersight.storage.model import GAP_CLASSES, Event, Window
 from infersight.storage.store import Store
 
@@ -39,8 +39,9 @@ log = logging.getLogger("infersight.analysis")
 
 MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart after a long stop)
 # one analyse() call covers at most this much: the first tick's hour at once read an hour of
-# every table into Python at a time, and the heap it grew (about 50 MB) stayed with the process
-STEP_MAX_S = 600
+# every table into Python at a time, and the heap it grew (about 50 MB) stayed with the process;
+# the per-second GROUP BYs of a longer piece grow DuckDB hash tables whose pages stay mapped too
+STEP_MAX_S = 60
 KEEP_SECONDS_S = 3 * 3600    # at most this much of an open gap run's seconds is kept in memory
 BRIDGE_MAX_S = 5             # busy seconds that can join two starved stretches of one culprit
 
@@ -112,6 +113,7 @@ class Analyzer:
         self.endpoint_gpus = endpoint_gpus
         self.engine_map: Mapping[str, tuple[int, ...]] | None = None   # the last endpoint_gpus answer
         self._open_ids: set[str] = set()
+        self._wait_frames = WaitFrames()      # GPU-wait frame ids, scanned incrementally
 
     # -- daemon component ---------------------------------------------------------------------
     async def tick(self) -> None:
@@ -160,9 +162,10 @@ class Analyzer:
         events: list[Event] = []
         # GPUs without new samples still run: their open runs must close or stay open
         gpus = sorted(set(self.store.read_sync(q.gpus_with_samples, t_from, t_to)) | set(self.gpus))
-        targets = self.store.read_sync(q.targets)
+        host = self.store.read_sync(read_host_seconds, t_from, t_to, self._wait_frames)
+        targets = host.targets
         for gpu in gpus:
-            events += self._analyse_gpu(gpu, t_from, t_to, targets)
+            events += self._analyse_gpu(gpu, t_from, t_to, host)
         events += self.straggler.events(self.store, self.host, targets, t_from, t_to, self._gpu_waits)
         events += self.regression.check(self.store, self.host, t_to)
         # an open finding that later seconds re-segmented (a transition second joined the next
@@ -191,14 +194,15 @@ class Analyzer:
                 lifecycle=Lifecycle(self.cfg.startup_max_s), waits=GpuWaitLearner(self.cfg.busy_sm_pct))
         return st
 
-    def _analyse_gpu(self, gpu: int, t_from: int, t_to: int, targets: list[dict]) -> list[Event]:
+    def _analyse_gpu(self, gpu: int, t_from: int, t_to: int, host: HostSeconds) -> list[Event]:
         st = self._state(gpu)
+        targets = host.targets
         seconds = self.store.read_sync(build_seconds, gpu, t_from, t_to, self.cfg,
-                                       EngineScope.for_gpu(gpu, self.engine_map))
+                                       EngineScope.for_gpu(gpu, self.engine_map), host)
         peak_bw = self.store.read_sync(q.peak_dram_bandwidth, gpu)
         peaks = peaks_for(self.store.read_sync(q.gpu_name, gpu))
         serving = serving_pids(targets, gpu)
-        self._attach_work(st, gpu, seconds, t_from, t_to, serving, targets)
+        self._attach_work(st, gpu, seconds, t_from, t_to, host)
         self.straggler.add(gpu, seconds)
         info = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
         windows = []
@@ -267,15 +271,15 @@ class Analyzer:
         return done + st.gaps.feed(t, feed_class, culprit)
 
     def _attach_work(self, st: GpuState, gpu: int, seconds: list[Second], t_from: int, t_to: int,
-                     serving: dict[int, str], targets: list[dict]) -> None:
+                     host: HostSeconds) -> None:
         """Split each serving process's samples of each second into own work, waits and GPU
         waits (analysis/threads.py), learning GPU waits in the processes that hold a CUDA
         context on ``gpu``; set what the classifier reads (active, gpu_wait) from the split."""
-        by_second = self.store.read_sync(thread_stacks.thread_seconds, t_from, t_to, sorted(serving))
         holders = set(self.store.read_sync(q.gpu_processes, gpu, t_from, t_to))
-        holders |= {int(t["pid"]) for t in targets if gpu in (t["gpus"] or []) and t["role"] not in ("api_server",)}
+        holders |= {int(t["pid"]) for t in host.targets
+                    if gpu in (t["gpus"] or []) and t["role"] not in ("api_server",)}
         for s in seconds:
-            threads = by_second.get(s.t, [])
+            threads = host.threads.get(s.t, [])
             for p in s.processes:
                 mine = [ts for ts in threads if ts.pid == p.pid]
                 if not mine:

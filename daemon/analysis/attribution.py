@@ -33,15 +33,21 @@ def top_frames(store: Store, t_from: float, t_to: float, serving: dict[int, str]
             total += value
     if not total:
         return []
-    ranked = sorted(by_frame.items(), key=lambda kv: -sum(kv[1].values()))[:limit]
+    ranked = sorted(by_frame.items(), key=lambda kv: (-sum(kv[1].values()), kv[0]))[:limit]
     out = []
     for (fn, file), per_pid in ranked:
-        pid = max(per_pid, key=per_pid.get)
-        line_counts = lines[(fn, file)]
-        out.append({"frame": fn, "file": file, "line": max(line_counts, key=line_counts.get),
+        pid = _most(per_pid)
+        out.append({"frame": fn, "file": file, "line": _most(lines[(fn, file)]),
                     "share": round(sum(per_pid.values()) / total, 4), "pid": pid, "role": serving[pid],
                     "samples": render.number(sum(per_pid.values()))})
     return out
+
+
+def _most(counts: dict) -> Any:
+    """The key with the largest count; ties go to the smallest key. Rankings here break ties by
+    key too: the database returns grouped rows in no fixed order, and a finding must read the
+    same however they came."""
+    return min(counts, key=lambda k: (-counts[k], k))
 
 
 def diff_summary(store: Store, a: tuple[float, float], b: tuple[float, float], limit: int = 10) -> list[dict]:
@@ -145,9 +151,9 @@ def code_of(stacks: dict[tuple, int], who: dict[str, Any], limit: int) -> tuple[
         for frame in {(fn, file) for fn, file, _ in path}:
             incl[frame] = incl.get(frame, 0) + n
     base = {"pid": who["pid"], "role": who["role"], "thread": who["thread"]}
-    frames = [{"frame": fn, "file": file, "line": max(self_lines[(fn, file)], key=self_lines[(fn, file)].get),
+    frames = [{"frame": fn, "file": file, "line": _most(self_lines[(fn, file)]),
                "share": round(n / total, 4), "samples": n, **base}
-              for (fn, file), n in sorted(self_count.items(), key=lambda kv: -kv[1])[:limit]]
+              for (fn, file), n in sorted(self_count.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]]
     return frames, hot_paths(stacks, limit, base)
 
 
@@ -175,7 +181,7 @@ def hot_paths(stacks: dict[tuple, int], limit: int, base: dict[str, Any]) -> lis
     while (nxt := dominant(children, value)) is not None:
         parent, (value, children) = nxt[0], nxt[1]
     out = []
-    for key, (v, grandchildren) in sorted(children.items(), key=lambda kv: -kv[1][0])[:limit]:
+    for key, (v, grandchildren) in sorted(children.items(), key=lambda kv: (-kv[1][0], kv[0]))[:limit]:
         name, sub, sub_v = key, grandchildren, v
         while (nxt := dominant(sub, sub_v)) is not None:
             name, (sub_v, sub) = nxt[0], nxt[1]

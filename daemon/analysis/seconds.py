@@ -8,16 +8,22 @@ count for every GPU.
 
 Which engine signals belong to a GPU: :class:`EngineScope` (the endpoints of the engines
 that serve it); without one, the host's sum.
+
+What every GPU reads alike (targets, process CPU, per-second stack counts, the serving
+threads' stacks) is read once per range into :class:`HostSeconds` and shared by the GPUs: on
+an eight-GPU host these per-second GROUP BYs ran eight times a step, and the hash tables
+DuckDB grew for them stayed with the process.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 from infersight.daemon.analysis.classify import ProcessSecond, Second
 from infersight.daemon.config.load import AnalysisConfig
 from infersight.storage import analysis as q
-from infersight.storage import engine_scope
+from infersight.storage import engine_scope, thread_stacks
+from infersight.storage.thread_stacks import ThreadSecond
 
 FOREIGN_ROLES = ("other_gpu_process", "foreign")
 # never attributed a GPU's time: neighbours, and the engine's trackers and probes
@@ -67,19 +73,70 @@ def serving_pids(targets: list[dict], gpu: int) -> dict[int, str]:
     return out
 
 
+class WaitFrames:
+    """The ids of the frames that are GPU waits (``GPU_WAIT_PATTERNS``), kept between reads:
+    each read scans only the frames added since the last (ids are never reused). Ids of
+    frames pruned since stay in the set; they match no sample."""
+
+    def __init__(self) -> None:
+        self._ids: set[int] = set()
+        self._after = 0
+
+    def read(self, cur) -> list[int]:
+        new, self._after = q.wait_frames_since(cur, GPU_WAIT_PATTERNS, self._after)
+        self._ids.update(new)
+        return sorted(self._ids)
+
+
+@dataclass
+class HostSeconds:
+    """What the seconds of every GPU in [t_from, t_to) read alike, read once: the targets,
+    per second and pid the CPU % and stack counts (``storage.analysis.stack_seconds``), per
+    second the threads of every process that may serve a GPU, and the engine signals per
+    :class:`EngineScope` (read on first use). Read-only once built: the GPUs share it."""
+
+    t_from: int
+    t_to: int
+    targets: list[dict]
+    cpu: dict[int, dict[int, float]]
+    stacks: dict[int, dict[int, dict]]
+    threads: dict[int, list[ThreadSecond]]
+    _engine: dict[EngineScope, dict[int, dict[str, float]]] = field(default_factory=dict)
+
+    def engine(self, cur, scope: EngineScope) -> dict[int, dict[str, float]]:
+        """Unix second -> engine signal -> value, summed over ``scope``'s endpoints."""
+        if scope not in self._engine:
+            self._engine[scope] = engine_scope.engine_seconds(cur, self.t_from, self.t_to,
+                                                              scope.include, scope.exclude)
+        return self._engine[scope]
+
+
+def read_host_seconds(cur, t_from: int, t_to: int, waits: WaitFrames | None = None) -> HostSeconds:
+    """The shared reads of [t_from, t_to); ``waits`` carries the GPU-wait frames between
+    ranges (a new one scans every frame)."""
+    targets = q.targets(cur)
+    wait_ids = (waits or WaitFrames()).read(cur)
+    may_serve = sorted({int(t["pid"]) for t in targets if t["role"] not in NOT_SERVING_ROLES})
+    return HostSeconds(t_from=t_from, t_to=t_to, targets=targets, cpu=q.process_cpu_seconds(cur, t_from, t_to),
+                       stacks=q.stack_seconds(cur, t_from, t_to, wait_ids),
+                       threads=thread_stacks.thread_seconds(cur, t_from, t_to, may_serve))
+
+
 def build_seconds(cur, gpu: int, t_from: int, t_to: int, cfg: AnalysisConfig,
-                  scope: EngineScope | None = None) -> list[Second]:
+                  scope: EngineScope | None = None, host: HostSeconds | None = None) -> list[Second]:
     """One Second per Unix second in [t_from, t_to) that has GPU samples; engine signals
-    from the endpoints in ``scope`` (default: all)."""
+    from the endpoints in ``scope`` (default: all). ``host``: the shared reads of the same
+    range (read here when not given)."""
     gpu_rows = q.gpu_seconds(cur, gpu, t_from, t_to)
     if not gpu_rows:
         return []
-    scope = scope or EngineScope()
-    engine = engine_scope.engine_seconds(cur, t_from, t_to, scope.include, scope.exclude)
-    cpu = q.process_cpu_seconds(cur, t_from, t_to)
-    waits = q.wait_frame_ids(cur, GPU_WAIT_PATTERNS)
-    stacks = q.stack_seconds(cur, t_from, t_to, waits)
-    serving = serving_pids(q.targets(cur), gpu)
+    if host is None:
+        host = read_host_seconds(cur, t_from, t_to)
+    elif (host.t_from, host.t_to) != (t_from, t_to):
+        raise ValueError(f"host reads cover [{host.t_from}, {host.t_to}), not [{t_from}, {t_to})")
+    engine = host.engine(cur, scope or EngineScope())
+    cpu, stacks = host.cpu, host.stacks
+    serving = serving_pids(host.targets, gpu)
     out = []
     for t in sorted(gpu_rows):
         g = gpu_rows[t]

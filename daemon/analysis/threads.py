@@ -174,7 +174,7 @@ class ProcessWork:
         return sum(t.collective for t in self.threads)
 
     def busiest_thread(self) -> ThreadWork | None:
-        best = max(self.threads, key=lambda t: t.own, default=None)
+        best = max(self.threads, key=lambda t: (t.own, -t.tid), default=None)   # a tie: the lower tid
         return best if best is not None and best.own > 0 else None
 
     def own_leaf_counts(self) -> dict[str, int]:

@@ -39,8 +39,9 @@ class StorageConfig:
     maintenance_interval_s: float = opt(60.0, "how often retention and rollups run (seconds)", min=1)
     duckdb_threads: int = opt(2, "DuckDB worker threads; DuckDB's own default is one per core, which lets one "
                                  "long query take every core of the host (count)", min=1, max=256)
-    duckdb_memory_limit_mb: float = opt(128.0, "DuckDB buffer pool limit; larger sorts and aggregations spill to "
-                                               "the file's .tmp folder (MiB)", min=32)
+    duckdb_memory_limit_mb: float = opt(64.0, "DuckDB buffer pool limit; larger sorts and aggregations spill to "
+                                              "the file's .tmp folder; the agent's resident memory grows with it "
+                                              "(MiB)", min=32)
 
 
 def store_options(storage: StorageConfig) -> dict:
