@@ -69,8 +69,12 @@ def measure(db: str, seconds: float, helper_args: tuple[str, ...] = ()) -> RssRe
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        if not started.wait(START_TIMEOUT_S):
-            raise RuntimeError("agent did not start:\n" + "\n".join(lines[-20:]))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not started.wait(1.0):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                reader.join(5)
+                why = f"exited with status {proc.returncode}" if proc.poll() is not None else "did not start in time"
+                raise RuntimeError(f"agent {why}:\n" + "\n".join(lines[-20:]))
         base = url[0]
         p = psutil.Process(proc.pid)
         rss: list[float] = []
