@@ -72,8 +72,10 @@ async def test_multithreaded_program_threads_states_and_gapless_seconds(spawn) -
         by_thread.setdefault(s.thread_name, Counter())[s.active] += s.count
     share = {name: c[True] / (c[True] + c[False]) for name, c in by_thread.items()}
     # The busy thread runs whenever it gets a CPU (less on a loaded machine); the others wait.
+    # On a loaded 2-core machine py-spy has found waiting threads active together in about one
+    # sample in nine (a CI run: MainThread and the sleeper both 0.109 in a 40 s sleep).
     assert share["busy-1"] > 0.3, share
-    assert share["queue-waiter"] < 0.1 and share["schläfer"] < 0.2 and share["MainThread"] < 0.1, share
+    assert share["queue-waiter"] < 0.2 and share["schläfer"] < 0.2 and share["MainThread"] < 0.2, share
     waits = Counter(s.frames[-1].function for s in samples if s.thread_name == "queue-waiter" and not s.active)
     assert waits.most_common(1)[0][0] == "Condition.wait"
     assert any(f.function == "rechnen_über" for s in samples if s.thread_name == "busy-1" for f in s.frames)
