@@ -2,7 +2,8 @@
 
 - :func:`gpu_activity` bins the four activity signals of every GPU in one scan.
 - :func:`class_runs` merges consecutive per-second analysis windows of one class into runs,
-  so a 24 h view carries a few hundred spans instead of 86,400 windows per GPU.
+  and pools the runs shorter than a drawn point, so a 24 h view carries at most a few
+  thousand spans per GPU instead of 86,400 windows; :func:`class_totals` the exact seconds.
 - :func:`window_ratios` bins the analysis windows' ``mfu`` and ``mbu`` features (the
   engine's own FLOP and byte counters over the GPU's peaks, 0-1).
 
@@ -48,13 +49,25 @@ def gpu_activity(cur, t_from: float, t_to: float, step: float) -> dict[int, dict
     return out
 
 
-def class_runs(cur, t_from: float, t_to: float) -> dict[int, list[list]]:
+def class_runs(cur, t_from: float, t_to: float, step: float = 0.0) -> dict[int, list[list]]:
     """``{gpu: [[start, end, class], ...]}``: runs of consecutive analysis windows of one
     class (gaps-and-islands) that overlap [t_from, t_to), oldest first.
 
     A run ends with the last window starting before ``t_to``; a run going on at ``t_from``
     keeps its true start, looked for at most RUN_LOOKBACK_S back.
+
+    ``step`` (seconds, the width one drawn point stands for): runs at least ``step`` long are
+    kept whole; shorter ones lying between two whole runs are pooled per ``step``-wide bin
+    (bins counted from ``t_from``) into one run of the class with the most seconds among them
+    (ties: the first by name), spanning the pooled runs. So a day of runs flickering
+    every few seconds answers about one run per bin instead of one per flicker (a day of
+    8 GPUs held over 150,000), while every run a point can show keeps its bounds. With
+    ``step`` <= 0 every run is exact; :func:`class_totals` gives exact seconds either way.
     """
+    if step < 0:
+        raise ValueError("step must not be negative")
+    if step and (t_to - t_from) / step > MAX_BINS:
+        raise ValueError(f"step too small for this range (at most {MAX_BINS} bins)")
     rows = cur.execute(f"""
         WITH w AS (
             SELECT gpu, start, "end", klass,
@@ -62,13 +75,39 @@ def class_runs(cur, t_from: float, t_to: float) -> dict[int, list[list]]:
                          AND start - lag("end") OVER (PARTITION BY gpu ORDER BY start) <= {RUN_JOIN_S}
                         THEN 0 ELSE 1 END AS brk
             FROM windows WHERE "end" > ? AND start < ?),
-        g AS (SELECT *, sum(brk) OVER (PARTITION BY gpu ORDER BY start ROWS UNBOUNDED PRECEDING) AS run FROM w)
-        SELECT gpu, min(start), max("end"), any_value(klass) FROM g
-        GROUP BY gpu, run HAVING max("end") > ? ORDER BY gpu, 2 LIMIT {MAX_RUNS}""",
-                       [t_from - RUN_LOOKBACK_S, t_to, t_from]).fetchall()
+        g AS (SELECT *, sum(brk) OVER (PARTITION BY gpu ORDER BY start ROWS UNBOUNDED PRECEDING) AS run FROM w),
+        r AS (SELECT gpu, min(start) AS a, max("end") AS b, any_value(klass) AS k FROM g
+              GROUP BY gpu, run HAVING max("end") > ?),
+        -- a pool: the short runs after the same whole run (seg) in the same bin
+        s AS (SELECT *, b - a >= ? AS whole,
+                     sum(CASE WHEN b - a >= ? THEN 1 ELSE 0 END)
+                         OVER (PARTITION BY gpu ORDER BY a ROWS UNBOUNDED PRECEDING) AS seg
+              FROM r),
+        p AS (SELECT gpu, a, b, k, seg, whole,
+                     CASE WHEN whole THEN 0 ELSE floor((a - ?) / ?) END AS bin FROM s),
+        c AS (SELECT gpu, seg, whole, bin, k, sum(b - a) AS secs, min(a) AS ka, max(b) AS kb
+              FROM p GROUP BY ALL),
+        o AS (SELECT *, row_number() OVER (PARTITION BY gpu, seg, whole, bin ORDER BY secs DESC, k) AS rank,
+                     min(ka) OVER (PARTITION BY gpu, seg, whole, bin) AS pa,
+                     max(kb) OVER (PARTITION BY gpu, seg, whole, bin) AS pb
+              FROM c)
+        SELECT gpu, pa, pb, k FROM o WHERE rank = 1 ORDER BY gpu, pa LIMIT {MAX_RUNS}""",
+                       [t_from - RUN_LOOKBACK_S, t_to, t_from, step, step, t_from, step or 1.0]).fetchall()
     out: dict[int, list[list]] = {}
     for gpu, start, end, klass in rows:
         out.setdefault(int(gpu), []).append([float(start), float(end), klass])
+    return out
+
+
+def class_totals(cur, t_from: float, t_to: float) -> dict[int, dict[str, float]]:
+    """``{gpu: {class: seconds}}`` of the analysis windows clipped to [t_from, t_to): the exact
+    time per class, which pooled :func:`class_runs` only approximate."""
+    rows = cur.execute("""
+        SELECT gpu, klass, sum(least("end", ?) - greatest(start, ?)) FROM windows
+        WHERE "end" > ? AND start < ? GROUP BY 1, 2 ORDER BY 1, 2""", [t_to, t_from, t_from, t_to]).fetchall()
+    out: dict[int, dict[str, float]] = {}
+    for gpu, klass, seconds in rows:
+        out.setdefault(int(gpu), {})[klass] = round(float(seconds), 3)
     return out
 
 

@@ -3,6 +3,7 @@ in-process test client on a real store filled with batches."""
 from __future__ import annotations
 
 import re
+from collections import Counter
 
 import pytest
 
@@ -60,6 +61,33 @@ def test_a_run_going_on_at_the_range_start_keeps_its_true_start(filled):
         "GPU 0 has no window in the range: no run; runs that ended before it are left out"
 
 
+# GPU 2: 40 s flickering host_bound, host_bound, idle; a 30 s compute_bound run; 40 s flickering again
+FLICKER = ["host_bound", "host_bound", "idle"] * 13 + ["host_bound"] + ["compute_bound"] * 30 \
+    + ["idle", "idle", "memory_bound"] * 13 + ["idle"]
+
+
+def test_runs_shorter_than_a_point_are_pooled_and_whole_runs_keep_their_bounds(store):
+    store.write_sync(q_events.replace_windows, 2, T, T + len(FLICKER), windows(2, FLICKER))
+    exact = store.read_sync(ui_queries.class_runs, T, T + 110)[2]
+    assert len(exact) == 27 + 1 + 27, "every flicker is a run of its own"
+    pooled = store.read_sync(ui_queries.class_runs, T, T + 110, 10.0)[2]
+    assert [T + 40, T + 70, "compute_bound"] in pooled, "a run longer than a point keeps its bounds"
+    before = [r for r in pooled if r[1] <= T + 40]
+    after = [r for r in pooled if r[0] >= T + 70]
+    assert len(before) + len(after) + 1 == len(pooled), "pools never overlap the whole run"
+    assert {r[2] for r in before} == {"host_bound"} and {r[2] for r in after} == {"idle"}, \
+        "a pool takes the class with the most seconds in it"
+    assert [int((r[0] - T) // 10) for r in before] == [0, 1, 2, 3], "one pool per 10 s bin, by its first run's start"
+    assert before[-1][1] == T + 40 and after[0][0] == T + 70 and after[-1][1] == T + 110
+    assert all(a[1] <= b[0] for a, b in zip(pooled, pooled[1:])), "oldest first, disjoint"
+    assert store.read_sync(ui_queries.class_runs, T, T + 110, 0.5)[2] == exact, \
+        "no run is shorter than a half-second point: nothing pooled"
+    totals = store.read_sync(ui_queries.class_totals, T + 5, T + 110)[2]
+    assert totals == {k: float(n) for k, n in Counter(FLICKER[5:]).items()}, "exact, clipped to the range"
+    with pytest.raises(ValueError):
+        store.read_sync(ui_queries.class_runs, T, T + 10 ** 6, 1.0)
+
+
 def test_gpu_activity_bins_means_and_leaves_out_unreported_signals(filled):
     act = filled.read_sync(ui_queries.gpu_activity, T, T + 12, 1.0)
     # four samples per second with sm_util 0, 10, 20, 30: the mean is 15
@@ -77,6 +105,8 @@ async def test_timeline_route_answers_everything_the_timeline_draws(client):
     body = await resp.json()
     assert [g["gpu"] for g in body["gpus"]] == [0, 1]
     assert body["gpus"][0]["runs"][1] == [T + 3, T + 6, "host_bound"]
+    assert body["runs_step"] == pytest.approx(0.12), "one point of 12 s over 100 points"
+    assert body["gpus"][0]["class_seconds"] == {"idle": 3.0, "host_bound": 5.0, "memory_bound": 2.0}
     assert set(body["gpus"][1]["activity"]) == {"util_gpu"}
     # the step never goes below the data's own resolution, however many points are asked for
     assert body["gpu_step"] == 0.5 and body["engine_step"] == 1.0

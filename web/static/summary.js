@@ -38,7 +38,10 @@ export function renderSummary(statusNode, legendNode, data, from, to) {
   const cards = [];
   const totals = {};
   for (const g of data.gpus) {
-    const secs = classSeconds(g.runs, from, to);
+    // the server's exact seconds per class when they cover this range (runs shorter than a
+    // point come pooled, so summing runs is only as exact as one point)
+    const exact = g.class_seconds && data.from === from && data.to === to;
+    const secs = exact ? g.class_seconds : classSeconds(g.runs, from, to);
     for (const [k, s] of Object.entries(secs)) totals[k] = (totals[k] || 0) + s;
     const last = latest(g.runs, to);
     cards.push(el("div", { class: `gpu-card${last ? ` cls-${last.klass}` : ""}`, dataset: { gpu: String(g.gpu), class: last ? last.klass : "" } },
