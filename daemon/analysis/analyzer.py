@@ -22,6 +22,7 @@ from infersight.daemon.analysis.engine_roof import engine_roof_features
 from infersight.daemon.analysis.regression import RegressionDetector
 from infersight.daemon.analysis.episodes import EpisodeTracker
 from infersight.daemon.analysis.lifecycle import Lifecycle, startup_share
+from infersight.daemon.analysis.numbers import mean_reported, round_reported
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import (EngineScope, HostSeconds, WaitFrames, build_seconds,
                                                 read_host_seconds, serving_pids)
@@ -325,9 +326,9 @@ class Analyzer:
         secs = [st.seconds[t] for t in seg.seconds if t in st.seconds]
         sm = [s.sm_util if s.sm_util is not None else (s.util_gpu or 0.0) for s in secs]
         lost = sum(max(0.0, 1.0 - v / 100.0) for v in sm)
-        running = _mean([s.running for s in secs])
-        waiting = _mean([s.waiting for s in secs])
-        tokens = _mean([s.gen_tokens_s for s in secs])
+        running = mean_reported([s.running for s in secs])
+        waiting = mean_reported([s.waiting for s in secs])
+        tokens = mean_reported([s.gen_tokens_s for s in secs])
         # a stall is time spent waiting: its waits (idle samples where recorded) are the evidence;
         # a starved GPU's evidence is the culprit thread's own work (never its waits)
         culprit = attribution.culprit([s.leader for s in secs])
@@ -363,10 +364,11 @@ class Analyzer:
                    + ", ".join(f"{h['frame']} {h['share'] * 100:.0f}%" for h in hot_paths[:3]))
         evidence = {
             "duration_s": seg.duration, "lost_gpu_s": round(lost, 2), "gpu_idle_pct": round(idle_pct, 1),
-            "sm_util_mean": _round(_mean([s.sm_util for s in secs])),
-            "util_gpu_mean": _round(_mean([s.util_gpu for s in secs])),
-            "requests_running_mean": _round(running), "requests_waiting_mean": _round(waiting),
-            "generation_tokens_per_s_mean": _round(tokens), "own_cpu_pct_by_pid": cpu,
+            "sm_util_mean": round_reported(mean_reported([s.sm_util for s in secs]), 2),
+            "util_gpu_mean": round_reported(mean_reported([s.util_gpu for s in secs]), 2),
+            "requests_running_mean": round_reported(running, 2),
+            "requests_waiting_mean": round_reported(waiting, 2),
+            "generation_tokens_per_s_mean": round_reported(tokens, 2), "own_cpu_pct_by_pid": cpu,
             "class_seconds": {seg.klass: len(seg.seconds)},
             "culprit": culprit, "hot_paths": hot_paths,
         }
@@ -374,15 +376,6 @@ class Analyzer:
         return Event(id=f"cpu_gpu_gap:{self.host}:{gpu}:{seg.start}", kind="cpu_gpu_gap", start=float(seg.start),
                      end=float(seg.end), host=self.host, gpu=gpu, severity=severity, klass=seg.klass,
                      summary=summary, evidence=evidence, top_frames=frames, open=open_)
-
-
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _round(v: float | None, digits: int = 2) -> float | None:
-    return None if v is None else round(v, digits)
 
 
 def _duration(seconds: float) -> str:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from infersight.daemon.analysis.numbers import round_reported
 from infersight.daemon.config.load import AnalysisConfig
 
 
@@ -97,7 +98,7 @@ REPORTED_DECIMALS = {"util_gpu": 2, "sm_util": 2, "tensor_util": 2, "dram_bw_uti
 
 
 def _reported(value: float | None, name: str) -> float | None:
-    return None if value is None else round(value, REPORTED_DECIMALS[name])
+    return round_reported(value, REPORTED_DECIMALS[name])
 
 
 def busiest_process(second: Second, rate_hz: float) -> ProcessSecond | None:

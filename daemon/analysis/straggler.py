@@ -54,6 +54,7 @@ from infersight.daemon.analysis.classify import Second
 from infersight.daemon.analysis.detectors import name_foreign
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import FOREIGN_ROLES
+from infersight.daemon.analysis.numbers import mean_reported, round_reported
 from infersight.daemon.analysis.threads import own_stacks
 from infersight.daemon.config.load import AnalysisConfig
 from infersight.storage import analysis as q
@@ -267,14 +268,15 @@ class StragglerDetector:
             who = {"pid": pid, "tid": slow["tid"], "role": slow["role"], "thread": slow["thread"]}
             active = self.code.stacks(store, pid, slow["tid"], seg.start, seg.end)
             frames, hot = attribution.code_of(own_stacks(active, gpu_waits(gpu, pid)), who, self.cfg.top_frames)
-        wait = _mean([r["peer_wait_share"] for r in others])
-        coll = _mean([r["collective_share"] for r in others])
+        wait = mean_reported([r["peer_wait_share"] for r in others])
+        coll = mean_reported([r["collective_share"] for r in others])
         # a GPU busier than its peers: name what else runs on it (NVML's processes there that
         # no target serves, as the mismatch finding does)
         foreign = [] if cause == "cpu" else _foreign(store, gpu, seg, info)
         evidence = {"cause": cause, "duration_s": seg.duration, "engine_gpus": list(key),
                     "slow_rank": {k: slow[k] for k in ("gpu", "pid", "role", "thread")},
-                    "other_ranks_wait_share": _round(wait), "other_ranks_collective_share": _round(coll),
+                    "other_ranks_wait_share": round_reported(wait, 3),
+                    "other_ranks_collective_share": round_reported(coll, 3),
                     "ranks": ranks, "hot_paths": hot, "foreign_processes": foreign}
         summary = _summary(cause, key, seg, slow, others, frames, hot) + name_foreign(foreign)
         return Event(id=f"straggler:{host}:{gpu}:{seg.start}", kind="straggler", start=float(seg.start),
@@ -286,8 +288,8 @@ def _summary(cause: str, key: tuple[int, ...], seg: Segment, slow: dict, others:
              hot: list[dict]) -> str:
     """One line: the slow rank, why it is slow, how long the others waited and, for a rank
     slow on its CPU, its code (a GPU-slow rank's own frames are not the cause: left out)."""
-    wait = _mean([r["peer_wait_share"] for r in others]) or 0.0
-    coll = _mean([r["collective_share"] for r in others]) or 0.0
+    wait = mean_reported([r["peer_wait_share"] for r in others]) or 0.0
+    coll = mean_reported([r["collective_share"] for r in others]) or 0.0
     if cause == "cpu":
         why = (f"its {slow['role']} pid {slow['pid']} thread {slow['thread']} on its own work "
                f"{(slow['own_share'] or 0) * 100:.0f}% of the time")
@@ -359,8 +361,8 @@ def _rank_summary(gpu: int, counts: list[RankCounts]) -> dict[str, Any]:
             "thread": last.thread if last else None, "tid": tid, "samples": n,
             "own_share": share("own"), "collective_share": share("collective"), "gpu_wait_share": share("gpu_wait"),
             "peer_wait_share": (round(sum(c.collective + c.gpu_wait for c in counts) / n, 3) if n else None),
-            "own_cpu_pct": _round(_mean([c.own_cpu_pct for c in counts]), 1),
-            "sm_util": _round(_mean([c.sm_util for c in counts]), 1)}
+            "own_cpu_pct": round_reported(mean_reported([c.own_cpu_pct for c in counts]), 1),
+            "sm_util": round_reported(mean_reported([c.sm_util for c in counts]), 1)}
 
 
 def _nvlink(store: Store, gpu: int, start: int, end: int) -> dict[str, float | None]:
@@ -370,12 +372,3 @@ def _nvlink(store: Store, gpu: int, start: int, end: int) -> dict[str, float | N
         points = store.read_sync(series.gpu_series, signal, gpu, float(start), float(end), float(max(1, end - start)))
         out[signal] = points[0][1] if points else None
     return out
-
-
-def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _round(v: float | None, digits: int = 3) -> float | None:
-    return None if v is None else round(v, digits)
