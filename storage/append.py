@@ -5,10 +5,14 @@ Python lists handed to DuckDB as a dict (a replacement scan): no row-by-row inse
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from typing import Iterable
 
-import numpy as np
+# NumPy serves only as DuckDB's bulk-append format here, never for math: without this its
+# OpenBLAS starts one idle thread per core at import (63 on a 64-core inference host).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
 
 from infersight.storage import window_features
 from infersight.storage.intern import Interner
