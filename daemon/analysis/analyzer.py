@@ -203,7 +203,9 @@ class Analyzer:
         peak_bw = self.store.read_sync(q.peak_dram_bandwidth, gpu)
         peaks = peaks_for(self.store.read_sync(q.gpu_name, gpu))
         serving = serving_pids(targets, gpu)
-        self._attach_work(st, gpu, seconds, t_from, t_to, host)
+        # NVML's processes on this GPU in the step: CUDA-context holders and foreign processes
+        seen = self.store.read_sync(q.gpu_processes, gpu, t_from, t_to)
+        self._attach_work(st, gpu, seconds, seen, host)
         self.straggler.add(gpu, seconds)
         info = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
         windows = []
@@ -242,7 +244,7 @@ class Analyzer:
         self.windows_written += len(windows)
         events = [self._gap_event(gpu, seg, st, serving, open_=False) for seg in finished]
         events += [self._gap_event(gpu, seg, st, serving, open_=True) for seg in st.gaps.open_segments()]
-        foreign = self._foreign(gpu, targets, t_from, t_to, serving)
+        foreign = self._foreign(gpu, targets, t_from, seen, serving)
         events += st.mismatch.events(self.host, gpu, foreign)
         events += st.saturation.events(self.host, gpu, foreign)
         keep_from = max(st.gaps.open_since() or t_to, t_to - KEEP_SECONDS_S)
@@ -271,12 +273,13 @@ class Analyzer:
         st.bridge = []
         return done + st.gaps.feed(t, feed_class, culprit)
 
-    def _attach_work(self, st: GpuState, gpu: int, seconds: list[Second], t_from: int, t_to: int,
+    def _attach_work(self, st: GpuState, gpu: int, seconds: list[Second], seen: dict[int, dict],
                      host: HostSeconds) -> None:
         """Split each serving process's samples of each second into own work, waits and GPU
         waits (analysis/threads.py), learning GPU waits in the processes that hold a CUDA
-        context on ``gpu``; set what the classifier reads (active, gpu_wait) from the split."""
-        holders = set(self.store.read_sync(q.gpu_processes, gpu, t_from, t_to))
+        context on ``gpu`` (``seen``: NVML's processes on it, q.gpu_processes); set what the
+        classifier reads (active, gpu_wait) from the split."""
+        holders = set(seen)
         holders |= {int(t["pid"]) for t in host.targets
                     if gpu in (t["gpus"] or []) and t["role"] not in ("api_server",)}
         for s in seconds:
@@ -304,10 +307,11 @@ class Analyzer:
                             leaves[leaf_key(path)] = leaves.get(leaf_key(path), 0) + n
                     st.waits.feed(p.pid, s.sm_util, leaves)
 
-    def _foreign(self, gpu: int, targets: list[dict], t_from: int, t_to: int, serving: dict[int, str]) -> list[dict]:
-        """Processes on the GPU that are not the engine's (NVML), with their command line (as
-        discovery stored it, redacted), GPU memory and SM share where known."""
-        seen = self.store.read_sync(q.gpu_processes, gpu, t_from, t_to)
+    def _foreign(self, gpu: int, targets: list[dict], t_from: int, seen: dict[int, dict],
+                 serving: dict[int, str]) -> list[dict]:
+        """Processes on the GPU that are not the engine's (NVML's ``seen``, and targets
+        discovery found there), with their command line (as discovery stored it, redacted),
+        GPU memory and SM share where known."""
         by_pid = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
         out = []
         for pid, info in seen.items():
