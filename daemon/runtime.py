@@ -21,6 +21,7 @@ from infersight.daemon.collectors import build_collectors
 from infersight.daemon.collectors.base import Collector
 from infersight.daemon.config.listen import split_listen
 from infersight.daemon.config.load import Config, store_options
+from infersight.daemon.heap import MMAP_THRESHOLD_BYTES, fix_mmap_threshold
 from infersight.daemon.logfmt import kv
 from infersight.daemon.runner import Runner
 from infersight.daemon.sdnotify import Notifier
@@ -92,6 +93,8 @@ class Daemon:
     async def run(self) -> int:
         """Run until a stop signal; returns the process exit code."""
         cfg = self.config
+        if fix_mmap_threshold():
+            log.debug("event=heap mmap_threshold_bytes=%d", MMAP_THRESHOLD_BYTES)
         store = Store.open(cfg.storage.path, host=cfg.host, **store_options(cfg.storage))
         collectors = build_collectors(cfg) + self._extra_collectors
         runner = Runner(collectors, self._sink)
