@@ -39,7 +39,7 @@ class StorageConfig:
     maintenance_interval_s: float = opt(60.0, "how often retention and rollups run (seconds)", min=1)
     duckdb_threads: int = opt(2, "DuckDB worker threads; DuckDB's own default is one per core, which lets one "
                                  "long query take every core of the host (count)", min=1, max=256)
-    duckdb_memory_limit_mb: float = opt(48.0, "DuckDB buffer pool limit; larger sorts and aggregations spill to "
+    duckdb_memory_limit_mb: float = opt(32.0, "DuckDB buffer pool limit; larger sorts and aggregations spill to "
                                               "the file's .tmp folder; the agent's resident memory grows with it "
                                               "(MiB)", min=32)
 
