@@ -36,6 +36,7 @@ class BuildReport:
     rolled_up_rows: int
     analysis_steps: int
     file_bytes: int
+    memory_retries: int = 0      # maintenance steps run again with more buffer pool
 
 
 def policy_of(config: Config) -> retention.RetentionPolicy:
@@ -64,7 +65,7 @@ def build(path: str, config: Config, workload: Workload, hours: float, t_to: int
     clock = [float(t_from)]
     analyzer = Analyzer(config, store, clock=lambda: clock[0]) if analysis else None
     step_s = int(config.storage.maintenance_interval_s)
-    rows = stack_rows = samples = runs = rolled = steps = 0
+    rows = stack_rows = samples = runs = rolled = steps = retried = 0
     started = time.perf_counter()
     last_report = started
     for b in workload.first_batches(t_from):
@@ -88,6 +89,7 @@ def build(path: str, config: Config, workload: Workload, hours: float, t_to: int
         report = store.write_sync(retention.run_maintenance, policy, now, timeout=600)
         runs += 1
         rolled += report["rolled_up"]
+        retried += report.get("memory_retries", 0)
         if time.perf_counter() - last_report > 30:
             last_report = time.perf_counter()
             done = (now - t_from) / span
@@ -96,7 +98,7 @@ def build(path: str, config: Config, workload: Workload, hours: float, t_to: int
     dropped = store.stats().batches_dropped
     store.close()
     return BuildReport(t_from, t_to, time.perf_counter() - started, rows, stack_rows, samples, dropped, runs,
-                       rolled, steps, _file_bytes(path))
+                       rolled, steps, _file_bytes(path), retried)
 
 
 def _file_bytes(path: str) -> int:

@@ -110,7 +110,8 @@ def main() -> None:
             t_from, t_to, samples = report.t_from, report.t_to, report.stack_samples
             print(f"  built in {report.seconds_built:.0f} s: {report.rows_submitted:,} rows submitted "
                   f"({report.stack_rows:,} stack rows carrying {samples:,} py-spy samples), "
-                  f"{report.maintenance_runs} maintenance runs ({report.rolled_up_rows:,} rows rolled up), "
+                  f"{report.maintenance_runs} maintenance runs ({report.rolled_up_rows:,} rows rolled up, "
+                  f"{report.memory_retries} steps retried with more buffer pool), "
                   f"{report.analysis_steps} analysis steps, {report.batches_dropped} batches dropped")
             extra["build"] = report.__dict__
         size = sum(os.path.getsize(path + s) for s in ("", ".wal") if os.path.exists(path + s))

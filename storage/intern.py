@@ -266,9 +266,11 @@ def prune_unreferenced(con, interner: Interner) -> dict[str, int]:
         deleted = {
             "stack_nodes": con.execute("DELETE FROM stack_nodes WHERE id NOT IN (SELECT id FROM _live_nodes) "
                                        "RETURNING id").fetchall(),
-            "frames": con.execute("DELETE FROM frames WHERE id NOT IN (SELECT frame FROM stack_nodes) "
+            # DISTINCT first: NOT IN hashes its subquery's rows as they come, one per sample,
+            # and ran out of a 32 MiB buffer pool on a 1 h store (the set is a few hundred ids)
+            "frames": con.execute("DELETE FROM frames WHERE id NOT IN (SELECT DISTINCT frame FROM stack_nodes) "
                                   "RETURNING id").fetchall(),
-            "threads": con.execute("DELETE FROM threads WHERE id NOT IN (SELECT thread FROM stack_samples) "
+            "threads": con.execute("DELETE FROM threads WHERE id NOT IN (SELECT DISTINCT thread FROM stack_samples) "
                                    "RETURNING id").fetchall(),
         }
         con.execute("DROP TABLE _live_nodes")

@@ -11,13 +11,19 @@ Run on the writer thread via ``Store.write(run_maintenance, policy, now)``:
    used for that long, and the frames, stack nodes and threads no stored sample uses any more
    are deleted (storage/intern.py), so neither grows for the life of the process or the file.
 
+A step that runs out of DuckDB's buffer pool is tried once more with ROOM_FACTOR times the
+pool (``memory_retries`` in the report), so a small steady-state pool never stops maintenance.
+
 DuckDB reuses the blocks freed by deletes, so the file stops growing at about the bound
 instead of shrinking; "size" here is the used blocks (``pragma_database_size``) scaled by
 the share of stored rows not yet deleted (blocks are freed a whole row group at a time).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+
+import duckdb
 
 from infersight.storage import window_features as wf
 from infersight.storage.intern import IDLE_S, Interner, prune_unreferenced, wants_interner
@@ -29,6 +35,8 @@ TIME_TABLES = {
     "gpu_samples": "t", "gpu_processes": "t", "engine_samples": "t", "histogram_deltas": "t",
     "raw_samples": "t", "windows": "start", "events": '"end"',
 }
+# how much more buffer pool a maintenance step that ran out of it gets for its second try
+ROOM_FACTOR = 4
 _ROLLUPS = {
     "stack_samples": ("bucket", "target, thread, stack, active", "sum(count)::UINTEGER",
                       "target, thread, stack, active, count"),
@@ -114,8 +122,13 @@ def used_bytes(con) -> int:
 def run_maintenance(con, policy: RetentionPolicy, now: float, *, interner: Interner | None = None) -> dict[str, int]:
     """Roll up, then delete by age, then by size, then (given the writer's ``interner``, which
     the writer passes) age interned values out. Returns rows or entries affected per step."""
-    report = {"rolled_up": rollup(con, now - policy.rollup_after_s, policy.rollup_bucket_s)}
-    report["deleted_by_age"] = delete_before(con, now - policy.retention_s)
+    retries = [0]
+
+    def roomy(step, *args):
+        return _with_room(con, retries, step, con, *args)
+
+    report = {"rolled_up": roomy(rollup, now - policy.rollup_after_s, policy.rollup_bucket_s)}
+    report["deleted_by_age"] = roomy(delete_before, now - policy.retention_s)
     report["deleted_by_size"] = 0
     for _ in range(10_000):  # bounded: one hour per step
         used = used_bytes(con)
@@ -124,7 +137,7 @@ def run_maintenance(con, policy: RetentionPolicy, now: float, *, interner: Inter
         oldest = _oldest(con)
         if oldest is None:
             break
-        deleted = delete_before(con, oldest + 3600)
+        deleted = roomy(delete_before, oldest + 3600)
         report["deleted_by_size"] += deleted
         con.execute("CHECKPOINT")
         if deleted == 0:
@@ -132,8 +145,42 @@ def run_maintenance(con, policy: RetentionPolicy, now: float, *, interner: Inter
     report["interned_forgotten"] = report["dimension_rows_pruned"] = 0
     if interner is not None and interner.due(now, policy.intern_idle_s):
         report["interned_forgotten"] = interner.rotate()
-        report["dimension_rows_pruned"] = sum(prune_unreferenced(con, interner).values())
+        report["dimension_rows_pruned"] = sum(roomy(prune_unreferenced, interner).values())
+    report["memory_retries"] = retries[0]
     return report
+
+
+def _with_room(con, retries: list[int], step, *args):
+    """Run one maintenance step; if DuckDB runs out of its buffer pool, run it again once with
+    ROOM_FACTOR times the pool, then restore the pool (``retries[0]`` counts these).
+
+    The pool is sized for the agent's steady state (storage.duckdb_memory_limit_mb), and a
+    step over a backlog (the first rollup of hours of data, a prune over millions of samples)
+    may need more once in a while. Every step is one transaction and idempotent (rollups keep
+    a watermark, deletes and prunes recompute what to delete), so the failed try left nothing.
+    """
+    try:
+        return step(*args)
+    except duckdb.OutOfMemoryException:
+        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]   # e.g. '32.0 MiB'
+        con.execute(f"SET memory_limit = '{int(_bytes(limit) * ROOM_FACTOR)}B'")
+        retries[0] += 1
+        try:
+            return step(*args)
+        finally:
+            con.execute(f"SET memory_limit = '{limit}'")
+
+
+_UNITS = {"B": 1, "BYTES": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
+          "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12}
+
+
+def _bytes(setting: str) -> float:
+    """Bytes of a DuckDB size setting as ``current_setting`` writes it ('32.0 MiB', '1.2 GiB')."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", setting)
+    if m is None or m.group(2).upper() not in _UNITS | {"": 1}:
+        raise ValueError(f"not a DuckDB size: {setting!r}")
+    return float(m.group(1)) * _UNITS.get(m.group(2).upper(), 1)
 
 
 def live_fraction(con) -> float:

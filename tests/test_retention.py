@@ -1,6 +1,7 @@
 """Retention by age and by size, and rollups, on a real DuckDB file through the writer thread."""
 from __future__ import annotations
 
+import duckdb
 import pytest
 
 from infersight.storage import events as q_events
@@ -148,7 +149,7 @@ def test_size_bound_does_nothing_when_under(store):
     fill(store, [T0 + i for i in range(10)])
     report = store.write_sync(retention.run_maintenance, policy(max_bytes=1e12), T0 + 10)
     assert report == {"rolled_up": 0, "deleted_by_age": 0, "deleted_by_size": 0, "interned_forgotten": 0,
-                      "dimension_rows_pruned": 0}
+                      "dimension_rows_pruned": 0, "memory_retries": 0}
     assert rows(store, "gpu_samples") == 10
 
 
@@ -158,3 +159,41 @@ def test_rollup_bins_are_aligned(store, bucket):
     store.write_sync(retention.rollup, T0 + 2 * bucket, bucket)
     ts = store.read_sync(lambda c: [r[0] for r in c.execute("SELECT DISTINCT t FROM host_samples").fetchall()])
     assert sorted(ts) == [T0, T0 + bucket]
+
+
+def test_a_step_out_of_buffer_pool_runs_again_with_more_and_the_pool_comes_back(store):
+    seen = []
+
+    def step(con, n):
+        seen.append(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+        if len(seen) == 1:
+            raise duckdb.OutOfMemoryException("failed to pin block")
+        return n
+
+    def run(con):
+        con.execute("SET memory_limit = '32MiB'")
+        retries = [0]
+        out = retention._with_room(con, retries, step, con, 7)
+        return out, retries[0], con.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+
+    assert store.write_sync(run) == (7, 1, "32.0 MiB")
+    assert seen == ["32.0 MiB", "128.0 MiB"]
+
+
+def test_a_step_failing_for_another_reason_is_not_retried(store):
+    def step(con):
+        raise duckdb.CatalogException("no such table")
+
+    with pytest.raises(duckdb.CatalogException):
+        store.write_sync(lambda con: retention._with_room(con, [0], step, con))
+
+
+@pytest.mark.parametrize("text, expected", [("32.0 MiB", 32 << 20), ("1.5 GiB", 1.5 * (1 << 30)),
+                                            ("134217728B", 134217728), ("0 bytes", 0), ("500 MB", 5e8)])
+def test_duckdb_size_settings_are_read_as_bytes(text, expected):
+    assert retention._bytes(text) == expected
+
+
+def test_maintenance_reports_its_memory_retries(store):
+    report = store.write_sync(retention.run_maintenance, policy(), T0)
+    assert report["memory_retries"] == 0
