@@ -162,13 +162,14 @@ def _with_room(con, retries: list[int], step, *args):
     try:
         return step(*args)
     except duckdb.OutOfMemoryException:
-        limit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0]   # e.g. '32.0 MiB'
-        con.execute(f"SET memory_limit = '{int(_bytes(limit) * ROOM_FACTOR)}B'")
+        # SET takes no parameters: the text carries integers only
+        limit = int(_bytes(con.execute("SELECT current_setting('memory_limit')").fetchone()[0]))
+        con.execute(f"SET memory_limit = '{int(limit * ROOM_FACTOR)}B'")
         retries[0] += 1
         try:
             return step(*args)
         finally:
-            con.execute(f"SET memory_limit = '{limit}'")
+            con.execute(f"SET memory_limit = '{limit}B'")
 
 
 _UNITS = {"B": 1, "BYTES": 1, "KIB": 1 << 10, "MIB": 1 << 20, "GIB": 1 << 30, "TIB": 1 << 40,
