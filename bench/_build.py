@@ -89,7 +89,7 @@ def build(path: str, config: Config, workload: Workload, hours: float, t_to: int
         report = store.write_sync(retention.run_maintenance, policy, now, timeout=600)
         runs += 1
         rolled += report["rolled_up"]
-        retried += report.get("memory_retries", 0)
+        retried += report["memory_retries"]
         if time.perf_counter() - last_report > 30:
             last_report = time.perf_counter()
             done = (now - t_from) / span

@@ -23,16 +23,21 @@ RUN_JOIN_S = 0.05
 RUN_LOOKBACK_S = 6 * 3600.0
 
 
+def _check_step(t_from: float, t_to: float, step: float) -> None:
+    """Raise ValueError unless ``step`` is positive and cuts the range into at most MAX_BINS bins."""
+    if step <= 0:
+        raise ValueError("step must be positive")
+    if (t_to - t_from) / step > MAX_BINS:
+        raise ValueError(f"step too small for this range (at most {MAX_BINS} bins)")
+
+
 def gpu_activity(cur, t_from: float, t_to: float, step: float) -> dict[int, dict[str, list[list[float | None]]]]:
     """``{gpu: {signal: [[bin_start, mean], ...]}}`` for ACTIVITY_SIGNALS, ``step``-second bins.
 
     A signal a GPU never reported in the range (no GPM, say) is absent for that GPU; a bin
     whose samples all lack it has None.
     """
-    if step <= 0:
-        raise ValueError("step must be positive")
-    if (t_to - t_from) / step > MAX_BINS:
-        raise ValueError(f"step too small for this range (at most {MAX_BINS} bins)")
+    _check_step(t_from, t_to, step)
     means = ", ".join(f"avg({s})" for s in ACTIVITY_SIGNALS)
     rows = cur.execute(f"""
         SELECT gpu, ? + floor((t - ?) / ?) * ? AS b, {means}
@@ -62,12 +67,10 @@ def class_runs(cur, t_from: float, t_to: float, step: float = 0.0) -> dict[int, 
     (ties: the first by name), spanning the pooled runs. So a day of runs flickering
     every few seconds answers about one run per bin instead of one per flicker (a day of
     8 GPUs held over 150,000), while every run a point can show keeps its bounds. With
-    ``step`` <= 0 every run is exact; :func:`class_totals` gives exact seconds either way.
+    ``step`` 0 every run is exact; :func:`class_totals` gives exact seconds either way.
     """
-    if step < 0:
-        raise ValueError("step must not be negative")
-    if step and (t_to - t_from) / step > MAX_BINS:
-        raise ValueError(f"step too small for this range (at most {MAX_BINS} bins)")
+    if step:
+        _check_step(t_from, t_to, step)
     rows = cur.execute(f"""
         WITH w AS (
             SELECT gpu, start, "end", klass,
@@ -116,10 +119,7 @@ def window_ratios(cur, t_from: float, t_to: float, step: float) -> dict[int, dic
     starting in [t_from, t_to), ``step``-second bins. Only GPUs and ratios with a value in the
     range appear: an engine without FLOP/byte counters (or a GPU of unknown peaks) gives none.
     """
-    if step <= 0:
-        raise ValueError("step must be positive")
-    if (t_to - t_from) / step > MAX_BINS:
-        raise ValueError(f"step too small for this range (at most {MAX_BINS} bins)")
+    _check_step(t_from, t_to, step)
     means = ", ".join(f"avg({name})" for name in WINDOW_RATIOS)
     present = " OR ".join(f"{name} IS NOT NULL" for name in WINDOW_RATIOS)
     rows = cur.execute(f"""
