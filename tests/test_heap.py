@@ -32,8 +32,8 @@ libc.free(block)
 glibc = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
 
-def _mmapped(mode: str, env: dict | None = None) -> tuple[str, int]:
-    env = {k: v for k, v in (env or os.environ).items() if not k.startswith("MALLOC_")}
+def _mmapped(mode: str) -> tuple[str, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=60,
                          check=True, env=env).stdout.split()
     return out[0], int(out[1])
