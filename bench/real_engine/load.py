@@ -10,6 +10,7 @@ predictable without loading the tokenizer here.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from dataclasses import dataclass, field
@@ -41,7 +42,29 @@ PATTERNS: dict[str, tuple[int, dict, int]] = {
     # moderate decode while another process runs GEMMs on the same GPU
     "neighbor": (32, {"max_tokens": 256, "ignore_eos": True}, 16),
     "steady": (64, {"max_tokens": 256, "ignore_eos": True}, 16),
+    # a steady decode baseline, then the same load while another process runs GEMMs
+    "steady48": (48, {"max_tokens": 256, "ignore_eos": True}, 16),
+    "neighbor48": (48, {"max_tokens": 256, "ignore_eos": True}, 16),
+    # many clients reading streamed tokens (server-sent events): per-token work in the API server
+    "stream128": (128, {"max_tokens": 200, "ignore_eos": True, "stream": True,
+                        "stream_options": {"include_usage": True}}, 16),
+    # a flood of short requests asking for one token: per-request work in the API server
+    "flood": (256, {"max_tokens": 1}, 6),
 }
+
+
+async def _read_stream(resp: aiohttp.ClientResponse) -> dict:
+    """Read a streamed completion (server-sent events) to its end; return the last chunk that
+    carries ``usage`` (``stream_options.include_usage``), or {} when none did."""
+    usage: dict = {}
+    async for raw in resp.content:
+        line = raw.strip()
+        if not line.startswith(b"data:") or line == b"data: [DONE]":
+            continue
+        chunk = json.loads(line[5:])
+        if chunk.get("usage"):
+            usage = chunk
+    return usage
 
 
 @dataclass
@@ -71,7 +94,8 @@ async def run_pattern(base_url: str, model: str, kind: str, seconds: float, seed
                 counts.sent += 1
                 try:
                     async with session.post(f"{base_url}/v1/completions", json=payload) as resp:
-                        doc = await resp.json(content_type=None)
+                        doc = await (_read_stream(resp) if payload.get("stream") and resp.status == 200
+                                     else resp.json(content_type=None))
                         if resp.status != 200:
                             counts.failed += 1
                             key = f"{resp.status}: {str(doc)[:160]}"

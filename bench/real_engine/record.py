@@ -28,7 +28,14 @@ writes its own labels to ``$LABELS``, and the recording lasts until it exits.
 
 Phases: ``start`` (launch the engine, wait for /health: label ``starting``), ``restart``
 (SIGINT, wait for exit: ``shutdown``; then ``starting``), ``KIND:SECONDS`` for the load
-patterns of load.py and ``idle:SECONDS``; ``neighbor`` also runs neighbor.py's GEMMs.
+patterns of load.py and ``idle:SECONDS``; a kind starting with ``neighbor`` also runs
+neighbor.py's GEMMs.
+
+With ``--api-server-count N`` vLLM's launcher process only supervises ``VLLM::APIServer_i``
+children: once such a child shows up, the launcher's role becomes ``helper``. ``gpu.jsonl``
+also carries ``gpu_proc_sm`` (NVML's per-process SM share, %, where the driver gives one) and
+each scrape line ``server_conns`` (established TCP connections to the serving port: the
+clients the front end holds, counted from the host's socket table).
 """
 from __future__ import annotations
 
@@ -63,6 +70,8 @@ def role_of(cmdline: str, is_root: bool) -> str:
         return "helper"
     if cmdline.startswith("VLLM::EngineCore") or "EngineCore" in cmdline.split(" ")[0]:
         return "engine_core"
+    if cmdline.startswith("VLLM::APIServer"):      # --api-server-count N: one process per server
+        return "api_server"
     if re.match(r"^(VLLM::)?(VllmWorker|Worker)", cmdline):
         return "worker"
     if is_root:
@@ -71,11 +80,12 @@ def role_of(cmdline: str, is_root: bool) -> str:
 
 
 class Recorder:
-    def __init__(self, out: Path, pyspy: str, rate: int, metrics_url: str):
+    def __init__(self, out: Path, pyspy: str, rate: int, metrics_url: str, port: int = 0):
         self.out = out
         self.pyspy = pyspy
         self.rate = rate
         self.metrics_url = metrics_url
+        self.port = port
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.procs: dict[int, dict] = {}          # pid -> record
@@ -116,6 +126,10 @@ class Recorder:
                         rec = self.procs[p.pid] = {"pid": p.pid, "role": role, "cmdline": cmd, "ppid": ppid,
                                                    "create_time": created, "first_seen": now, "last_seen": now}
                     rec["last_seen"] = now
+                    if rec["role"] == "api_server" and cmd.startswith("VLLM::APIServer"):
+                        parent = self.procs.get(ppid)
+                        if parent is not None and parent["role"] == "api_server" and ppid in self.roots:
+                            parent["role"] = "helper"      # the launcher of several API servers
                     if rec["cmdline"] != cmd and cmd:
                         # exec and setproctitle rename processes after start: keep the final title
                         rec["cmdline"] = cmd
@@ -195,6 +209,7 @@ class Recorder:
         s_old, s_new = n.nvmlGpmSampleAlloc(), n.nvmlGpmSampleAlloc()
         n.nvmlGpmSampleGet(h, s_old)
         cpu_old: dict[int, tuple[float, float]] = {}
+        proc_ts = 0
         handles: dict[int, psutil.Process] = {}
         while not self.stop.is_set():
             time.sleep(interval)
@@ -236,9 +251,34 @@ class Recorder:
             procs = n.nvmlDeviceGetComputeRunningProcesses(h)
             rec["gpu_pids"] = [p.pid for p in procs]
             rec["gpu_proc_mem_mib"] = {str(p.pid): (p.usedGpuMemory or 0) // 2**20 for p in procs}
+            proc_sm, proc_ts = self._process_sm(n, h, proc_ts)
+            if proc_sm:
+                rec["gpu_proc_sm"] = proc_sm
             rec["sample_cost_ms"] = round((time.perf_counter() - t0) * 1000, 2)
             out.write(json.dumps(rec) + "\n")
         out.close()
+
+    @staticmethod
+    def _process_sm(n, h, since_us: int) -> tuple[dict[str, float], int]:
+        """NVML's per-process SM share since ``since_us`` (its CPU timestamp, µs): pid -> the
+        largest sample, and the newest timestamp; ({}, since_us) when the driver has none."""
+        try:
+            samples = n.nvmlDeviceGetProcessUtilization(h, since_us)
+        except n.NVMLError:
+            return {}, since_us
+        out: dict[str, float] = {}
+        for smp in samples:
+            out[str(smp.pid)] = max(out.get(str(smp.pid), 0.0), float(smp.smUtil))
+            since_us = max(since_us, int(smp.timeStamp))
+        return out, since_us
+
+    def server_conns(self) -> int | None:
+        """Established TCP connections whose local port is the serving port (None: unreadable)."""
+        try:
+            return sum(1 for c in psutil.net_connections(kind="tcp")
+                       if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == self.port)
+        except (psutil.Error, OSError):
+            return None
 
     # -- engine metrics -------------------------------------------------------------------
     def scrape(self, deadline_s: float = 15.0) -> None:
@@ -247,7 +287,8 @@ class Recorder:
                 t = time.time()
                 try:
                     body = urllib.request.urlopen(self.metrics_url, timeout=deadline_s).read().decode()
-                    fh.write(json.dumps({"t": t, "latency_s": round(time.time() - t, 4), "text": body}) + "\n")
+                    fh.write(json.dumps({"t": t, "latency_s": round(time.time() - t, 4), "text": body,
+                                         "server_conns": self.server_conns()}) + "\n")
                 except Exception as exc:  # a refused connection during start-up is a record too
                     fh.write(json.dumps({"t": t, "latency_s": round(time.time() - t, 4), "error": repr(exc)[:300]}) + "\n")
                 self.stop.wait(max(0.0, 1.0 - (time.time() - t)))
@@ -345,7 +386,7 @@ async def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{args.port}"
-    rec = Recorder(out, args.pyspy, args.rate, f"{base}/metrics")
+    rec = Recorder(out, args.pyspy, args.rate, f"{base}/metrics", args.port)
     engine = Engine(args.serve, base, out / "engine.log")
     labels = open(out / "labels.jsonl", "w")
     flag, stop_flag = out / "neighbor.go", out / "neighbor.stop"
@@ -382,10 +423,10 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.sleep(seconds)
                 label("idle", t0)
                 continue
-            if kind == "neighbor":
+            if kind.startswith("neighbor"):
                 flag.touch()
             counts = await run_pattern(base, args.model, kind, seconds, seed=n)
-            if kind == "neighbor":
+            if kind.startswith("neighbor"):
                 flag.unlink()
             label(kind, t0, load=counts.as_dict())
     finally:

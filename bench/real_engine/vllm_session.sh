@@ -6,11 +6,20 @@
 #                                                  dominates), with a restart: $OUT/vllm-small.tar.gz
 #   bash bench/real_engine/vllm_session.sh hf      real transformers code in labelled phases (no vLLM
 #                                                  needed): $OUT/hf-transformers.tar.gz
+#   bash bench/real_engine/vllm_session.sh qwen-graphs   a ~1.5 B Qwen2 (another architecture) with
+#                                                  CUDA graphs, one API server: steady 48 streams,
+#                                                  the same 48 with a neighbour, 128 streaming clients,
+#                                                  a flood of 1-token requests: $OUT/vllm-qwen-graphs.tar.gz
+#   bash bench/real_engine/vllm_session.sh qwen-api4     the same model with --api-server-count 4
+#                                                  --stream-interval 10: the flood and the streaming
+#                                                  load again (the "after" of the remedy pairs)
+#   bash bench/real_engine/vllm_session.sh qwen-eager    the same model with --enforce-eager: one
+#                                                  stream, then 48 streams (load change, same culprit)
 #   bash bench/real_engine/vllm_session.sh large   the agent itself watching a ~7 B model from before
 #                                                  vLLM starts, recorded at the same time, then the
 #                                                  agent's overhead on vLLM's tokens/s (bench/vllm_overhead.py)
 #
-# Needs: .vllm/mkmodel.py (copy of shared/tools/vllm/mkmodel.py), .whl/pyspy/*.whl; for `large`
+# Needs: .vllm/mkmodel.py (copy of bench/real_engine/mkmodel.py, which adds --arch to shared/tools/vllm/mkmodel.py), .whl/pyspy/*.whl; for `large`
 # also .whl/agent/*.whl (duckdb, orjson, apscheduler, tzlocal and the infersight wheel).
 set -u
 MODE=$1
@@ -27,7 +36,26 @@ serve_cmd() {  # MODEL_DIR -> the bash command that execs vllm serve
   echo "source /tmp/site/vllm-env.sh && exec vllm serve $1 --load-format dummy --port $PORT --max-model-len 8192 --gpu-memory-utilization 0.80 --enable-mfu-metrics"
 }
 
+record_qwen() {  # NAME "EXTRA vllm FLAGS" PHASES LIMIT_S
+  [ -f /tmp/m-qwen/config.json ] || python3 .vllm/mkmodel.py /tmp/m-qwen --arch qwen2 --hidden-size 1536 \
+    --intermediate-size 8960 --layers 28 --heads 12 --kv-heads 2 > /dev/null || exit 1
+  timeout -s INT "$4" python3 bench/real_engine/record.py --out "/tmp/rec/$1" --model /tmp/m-qwen --port $PORT \
+    --serve "$(serve_cmd /tmp/m-qwen) $2" --pyspy $PYSPY --phases "$3"
+  cp "/tmp/rec/$1/engine.log" "$OUT/$1-engine.log"
+  rm -f "/tmp/rec/$1/engine.log"
+  tar -C /tmp/rec -czf "$OUT/$1.tar.gz" "$1"
+}
+
 case "$MODE" in
+qwen-graphs)
+  record_qwen vllm-qwen-graphs "" start,idle:6,steady48:20,neighbor48:20,stream128:20,flood:20,idle:5 "${LIMIT_S:-330}"
+  ;;
+qwen-api4)
+  record_qwen vllm-qwen-api4 "--api-server-count 4 --stream-interval 10" start,idle:5,flood:20,stream128:20,idle:5 "${LIMIT_S:-260}"
+  ;;
+qwen-eager)
+  record_qwen vllm-qwen-eager "--enforce-eager" start,idle:5,single_stream:16,steady48:18,idle:5 "${LIMIT_S:-200}"
+  ;;
 small)
   python3 .vllm/mkmodel.py /tmp/m-small > /dev/null || exit 1
   timeout -s INT 480 python3 bench/real_engine/record.py --out /tmp/rec/vllm-small --model /tmp/m-small --port $PORT \
@@ -74,6 +102,6 @@ hf)
   rm -f /tmp/rec/hf-transformers/engine.log
   tar -C /tmp/rec -czf "$OUT/hf-transformers.tar.gz" hf-transformers
   ;;
-*) echo "usage: $0 small|large|hf" >&2; exit 2 ;;
+*) echo "usage: $0 small|large|hf|qwen-graphs|qwen-api4|qwen-eager" >&2; exit 2 ;;
 esac
 ls -la "$OUT"
