@@ -107,6 +107,17 @@ def gpu_processes(cur, gpu: int, t_from: float, t_to: float) -> dict[int, dict]:
     return {int(r[0]): {"used_memory_bytes": r[1], "sm_util": r[2], "samples": r[3]} for r in rows}
 
 
+def gpu_process_seconds(cur, gpu: int, t_from: float, t_to: float) -> dict[int, dict[int, float | None]]:
+    """Per second and pid seen by NVML on ``gpu``: its largest SM share (%) in that second,
+    None where NVML gave the process but no utilization sample."""
+    rows = cur.execute("""SELECT floor(t)::BIGINT, pid, max(sm_util) FROM gpu_processes
+                          WHERE gpu = ? AND t >= ? AND t < ? GROUP BY 1, 2""", [gpu, t_from, t_to]).fetchall()
+    out: dict[int, dict[int, float | None]] = {}
+    for sec, pid, sm in rows:
+        out.setdefault(int(sec), {})[int(pid)] = None if sm is None else float(sm)
+    return out
+
+
 def gpu_name(cur, gpu: int) -> str | None:
     """The model name NVML gave ``gpu`` (None before its facts were collected)."""
     row = cur.execute("SELECT name FROM gpus WHERE gpu = ?", [gpu]).fetchone()

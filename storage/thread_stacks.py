@@ -59,16 +59,18 @@ def thread_seconds(cur, t_from: float, t_to: float, pids: list[int]) -> dict[int
     return out
 
 
-def thread_profile(cur, t_from: float, t_to: float, pid: int, tid: int) -> dict[tuple[Frame, ...], int]:
+def thread_profile(cur, t_from: float, t_to: float, pid: int, tid: int,
+                   active_only: bool = True) -> dict[tuple[Frame, ...], int]:
     """One thread's active samples in [t_from, t_to) (whole seconds, as ``thread_seconds``)
-    summed by stack: frame path -> samples. ``tid`` 0 is the samples recorded without a
-    thread. The sum happens in the database, so a long period costs its distinct stacks,
-    not its seconds."""
+    summed by stack: frame path -> samples; with ``active_only`` False its idle samples too
+    (where py-spy recorded them: what a waiting thread waits in). ``tid`` 0 is the samples
+    recorded without a thread. The sum happens in the database, so a long period costs its
+    distinct stacks, not its seconds."""
     rows = cur.execute("""
         SELECT s.stack, sum(s.count)::BIGINT
         FROM stack_samples s JOIN targets g ON g.id = s.target LEFT JOIN threads th ON th.id = s.thread
-        WHERE s.bucket >= ? AND s.bucket < ? AND g.pid = ? AND coalesce(th.tid, 0) = ? AND s.active
-        GROUP BY 1""", [int(t_from // 1), int(-(-t_to // 1)), int(pid), int(tid)]).fetchall()
+        WHERE s.bucket >= ? AND s.bucket < ? AND g.pid = ? AND coalesce(th.tid, 0) = ? AND (s.active OR NOT ?)
+        GROUP BY 1""", [int(t_from // 1), int(-(-t_to // 1)), int(pid), int(tid), bool(active_only)]).fetchall()
     paths = stacks.paths(cur, [r[0] for r in rows])
     out: dict[tuple[Frame, ...], int] = {}
     for stack, count in rows:

@@ -1,39 +1,49 @@
-"""The analysis loop: classify each new second of every GPU and turn runs into events.
+"""The analysis loop: cut each GPU's seconds into episodes, judge each, and explain it.
 
 Runs every ``analysis.interval_s`` over [last analysed second, now - lag_s): the lag lets
-late data (py-spy writes a recording only when it ends) arrive first. Work happens on a
-worker thread (reads through the store's reader cursors, writes through the writer thread)
-so the event loop stays free. State between ticks (open runs, baselines) lives here, so a
-gap that spans ticks is one event, updated while open and closed when it ends. Replay
-drives the same object with the recording's clock.
+late data (py-spy writes a recording only when it ends) arrive first. Per GPU and tick:
+
+1. **segment** (segment.py): the new seconds join the open episode; a change of workload
+   (lifecycle, offered load, token mix, GPU activity, serving processes and their CPU and
+   code, a neighbour's activity) closes it where the change happened;
+2. **judge** (judge.py): every episode touched gets one class from its pooled figures;
+3. **attribute** (throttle.py, attribution.py): a starved episode's throttle, from where the
+   requests queue, and the code of the throttle's busiest thread;
+4. **explain** (findings.py): at most one finding per cause, updated while the episode is
+   open and final when it closes.
+
+The per-second band (``windows``) is derived from the episodes: each second carries its
+episode's class, except a second with strong evidence of its own (a truly idle second). An
+episode's class can still change while it is open; its windows are rewritten then. Work
+happens on a worker thread (reads through the store's reader cursors, writes through the
+writer thread), so the event loop stays free. Replay drives the same object with the
+recording's clock.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
 
-from infersight.daemon.analysis import attribution
-from infersight.daemon.analysis.classify import BUSY_CLASSES, Second, classify
-from infersight.daemon.analysis.detectors import MismatchDetector, SaturationDetector, mbu_features
-from infersight.daemon.analysis.engine_roof import engine_roof_features
+from infersight.daemon.analysis.classify import classify
+from infersight.daemon.analysis.engine_roof import engine_roof_features, mbu_features
+from infersight.daemon.analysis.episode_state import GpuState
+from infersight.daemon.analysis.explain import Explainer
+from infersight.daemon.analysis.lifecycle import startup_share
+from infersight.daemon.analysis.observe import EpisodeSecond, observation
 from infersight.daemon.analysis.regression import RegressionDetector
-from infersight.daemon.analysis.episodes import EpisodeTracker
-from infersight.daemon.analysis.lifecycle import Lifecycle, startup_share
-from infersight.daemon.analysis.numbers import mean_reported, round_reported
-from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import (EngineScope, HostSeconds, WaitFrames, build_seconds,
                                                 read_host_seconds, serving_pids)
+from infersight.daemon.analysis.second_record import episode_second, foreign_pids
 from infersight.daemon.analysis.straggler import StragglerDetector
-from infersight.daemon.analysis.threads import GpuWaitLearner, is_wait, leaf_key, own_stacks, split_process
+from infersight.daemon.analysis.threads import is_wait, leaf_key, split_process
 from infersight.daemon.config.load import Config
 from infersight.daemon.gpu.peaks import peaks_for
 from infersight.daemon.logfmt import kv
 from infersight.storage import analysis as q
 from infersight.storage import events as q_events
-from infersight.storage.model import GAP_CLASSES, Event, Window
+from infersight.storage.model import Event, Window
 from infersight.storage.store import Store
 
 log = logging.getLogger("infersight.analysis")
@@ -43,45 +53,6 @@ MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart af
 # every table into Python at a time, and the heap it grew (about 50 MB) stayed with the process;
 # the per-second GROUP BYs of a longer piece grow DuckDB hash tables whose pages stay mapped too
 STEP_MAX_S = 60
-KEEP_SECONDS_S = 3 * 3600    # at most this much of an open gap run's seconds is kept in memory
-BRIDGE_MAX_S = 5             # busy seconds that can join two starved stretches of one culprit
-
-
-@dataclass
-class GpuState:
-    gaps: RunTracker
-    mismatch: MismatchDetector
-    saturation: SaturationDetector
-    lifecycle: Lifecycle
-    waits: GpuWaitLearner
-    episodes: EpisodeTracker = field(default_factory=EpisodeTracker)
-    bridge: list[int] = field(default_factory=list)   # busy seconds held back (_feed_gap)
-    # the seconds of the gap run still open: the evidence of its events, re-made every tick.
-    # Seconds outside a run are never needed again once the tick that saw them is done.
-    seconds: dict[int, RunSecond] = field(default_factory=dict)
-    # the culprit thread's stacks of each open run, read from the database (never kept per
-    # second: forty threads' stacks per second of a long run were hundreds of MB)
-    code: attribution.ThreadCode = field(default_factory=attribution.ThreadCode)
-
-
-@dataclass(frozen=True, slots=True)
-class RunSecond:
-    """What a gap event reads of one second of its run: GPU and engine figures, the thread
-    that led the second's own work, and each serving process's own-work CPU (% of a core)."""
-
-    sm_util: float | None
-    util_gpu: float | None
-    running: float | None
-    waiting: float | None
-    gen_tokens_s: float | None
-    leader: attribution.Leader | None
-    own_cpu: tuple[tuple[int, float], ...]
-
-    @classmethod
-    def of(cls, s: Second, rate_hz: float) -> "RunSecond":
-        own = tuple((p.pid, cpu) for p in s.processes if (cpu := p.own_cpu_pct(rate_hz)) is not None)
-        return cls(s.sm_util, s.util_gpu, s.running, s.waiting, s.gen_tokens_s,
-                   attribution.second_leader(s, rate_hz), own)
 
 
 class Analyzer:
@@ -136,7 +107,8 @@ class Analyzer:
 
     def health(self) -> dict[str, Any]:
         return {"ok": self.last_error is None, "last_error": self.last_error, "analysed_until": self.done_until,
-                "ticks": self.ticks, "events_written": self.events_written, "windows_written": self.windows_written}
+                "ticks": self.ticks, "events_written": self.events_written, "windows_written": self.windows_written,
+                "open_episodes": {str(g): st.open[0].t for g, st in self.gpus.items() if st.open}}
 
     # -- the work -------------------------------------------------------------------------------
     def step(self, now: float) -> list[Event]:
@@ -161,16 +133,14 @@ class Analyzer:
 
     def analyse(self, t_from: int, t_to: int) -> list[Event]:
         events: list[Event] = []
-        # GPUs without new samples still run: their open runs must close or stay open
+        # GPUs without new samples still run: their open episodes must close or stay open
         gpus = sorted(set(self.store.read_sync(q.gpus_with_samples, t_from, t_to)) | set(self.gpus))
         host = self.store.read_sync(read_host_seconds, t_from, t_to, self._wait_frames)
-        targets = host.targets
         for gpu in gpus:
             events += self._analyse_gpu(gpu, t_from, t_to, host)
-        events += self.straggler.events(self.store, self.host, targets, t_from, t_to, self._gpu_waits)
+        events += self.straggler.events(self.store, self.host, host.targets, t_from, t_to, self._gpu_waits)
         events += self.regression.check(self.store, self.host, t_to)
-        # an open finding that later seconds re-segmented (a transition second joined the next
-        # phase) is replaced by the new segmentation: drop the old one
+        # an open finding that later seconds re-segmented or re-judged is replaced: drop the old one
         emitted = {e.id for e in events}
         superseded = sorted(self._open_ids - emitted)
         self._open_ids = {e.id for e in events if e.open}
@@ -189,10 +159,7 @@ class Analyzer:
     def _state(self, gpu: int) -> GpuState:
         st = self.gpus.get(gpu)
         if st is None:
-            st = self.gpus[gpu] = GpuState(
-                gaps=RunTracker(GAP_CLASSES, self.cfg.gap_merge_s, self.cfg.gap_min_s),
-                mismatch=MismatchDetector(self.cfg), saturation=SaturationDetector(self.cfg),
-                lifecycle=Lifecycle(self.cfg.startup_max_s), waits=GpuWaitLearner(self.cfg.busy_sm_pct))
+            st = self.gpus[gpu] = GpuState.new(self.cfg, self.rate_hz)
         return st
 
     def _analyse_gpu(self, gpu: int, t_from: int, t_to: int, host: HostSeconds) -> list[Event]:
@@ -205,11 +172,12 @@ class Analyzer:
         serving = serving_pids(targets, gpu)
         # NVML's processes on this GPU in the step: CUDA-context holders and foreign processes
         seen = self.store.read_sync(q.gpu_processes, gpu, t_from, t_to)
+        seen_per_second = self.store.read_sync(q.gpu_process_seconds, gpu, t_from, t_to) if seen else {}
         self._attach_work(st, gpu, seconds, seen, host)
         self.straggler.add(gpu, seconds)
         info = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
-        windows = []
-        finished: list[Segment] = []
+        foreign = foreign_pids(gpu, targets, seen, serving)
+        new: list[EpisodeSecond] = []
         for s in seconds:
             procs = [{"pid": p.pid, "role": p.role, "start_time": info.get(p.pid, {}).get("start_time"),
                       "exited_at": info.get(p.pid, {}).get("exited_at"), "own_cpu_pct": p.own_cpu_pct(self.rate_hz),
@@ -220,61 +188,33 @@ class Analyzer:
             klass, features = classify(s, self.cfg, self.rate_hz, state)
             features.update(mbu_features(s, peak_bw, self.cfg.model_weight_bytes))
             features.update(engine_roof_features(s, peaks, peak_bw))
-            if klass in GAP_CLASSES and s.in_flight is False and klass != "stall":
-                feed_class = "none"  # a busy process with no work in flight is not starving the GPU
-            else:
-                feed_class = klass
-            culprit = None
-            if feed_class in ("host_bound", "launch_bound") and features.get("busiest_pid") is not None:
-                busiest = next(p for p in s.processes if p.pid == features["busiest_pid"])
-                thread = busiest.work.busiest_thread() if busiest.work is not None else None
-                if thread is not None:
-                    features["busiest_thread"] = thread.name or str(thread.tid)
-                    leaves = {leaf_key(path): n for path, n in thread.own_stacks.items()}
-                    culprit = st.episodes.label(busiest.pid, thread.tid, leaves, s.running)
-                else:
-                    culprit = f"{busiest.pid}:{busiest.top_leaf}"
-            finished += self._feed_gap(st, s.t, feed_class, culprit, features)
-            st.seconds[s.t] = RunSecond.of(s, self.rate_hz)
-            st.mismatch.feed(s, klass)
-            st.saturation.feed(s, klass)
-            windows.append(Window(start=float(s.t), end=float(s.t + 1), gpu=gpu, klass=klass, features=features))
-        finished += st.gaps.flush_until(t_to)
-        self.store.write_sync(q_events.replace_windows, gpu, float(t_from), float(t_to), windows)
-        self.windows_written += len(windows)
-        events = [self._gap_event(gpu, seg, st, serving, open_=False) for seg in finished]
-        events += [self._gap_event(gpu, seg, st, serving, open_=True) for seg in st.gaps.open_segments()]
-        foreign = self._foreign(gpu, targets, t_from, seen, serving)
-        events += st.mismatch.events(self.host, gpu, foreign)
-        events += st.saturation.events(self.host, gpu, foreign)
-        keep_from = max(st.gaps.open_since() or t_to, t_to - KEEP_SECONDS_S)
-        for t in [t for t in st.seconds if t < keep_from]:
-            del st.seconds[t]
-        st.code.keep_only_used()
+            st.second_class[s.t] = (klass, features)
+            record = episode_second(s, state, foreign, seen_per_second.get(s.t, {}), host.cpu.get(s.t, {}))
+            st.served.feed(record)
+            new.append(record)
+        splits = st.segmenter.feed([observation(r) for r in new])
+        events = st.advance(new, splits, self._explainer(gpu, seen, info))
+        self._write_windows(gpu, st, t_to)
+        st.forget_closed()
         return events
 
-    def _feed_gap(self, st: GpuState, t: int, feed_class: str, culprit: str | None, features: dict) -> list[Segment]:
-        """Feed one second to the gap tracker. A busy second right after starved ones, with
-        the starving process still saturated, is held back: it joins the run when starved
-        seconds of the same culprit follow within ``BRIDGE_MAX_S`` (a saturated API server
-        feeds its GPU in bursts: one episode), and is dropped otherwise."""
-        last = st.gaps.last_label()
-        own = features.get("busiest_own_cpu_pct")
-        if (feed_class in BUSY_CLASSES and last is not None and "|" in last and own is not None
-                and own >= self.cfg.host_saturated_pct and len(st.bridge) < BRIDGE_MAX_S
-                and last.split("|", 1)[1].split(":", 1)[0] == str(features.get("busiest_pid"))):
-            st.bridge.append(t)
-            return []
-        done: list[Segment] = []
-        label = f"{feed_class}|{culprit}" if culprit else feed_class
-        if st.bridge and label == last:
-            for b in st.bridge:
-                done += st.gaps.feed(b, feed_class, culprit)
-        st.bridge = []
-        return done + st.gaps.feed(t, feed_class, culprit)
+    def _explainer(self, gpu: int, seen: dict[int, dict], info: dict[int, dict]) -> Explainer:
+        """What GpuState.advance calls to turn a judged episode into events."""
+        return Explainer(self.cfg, self.store, self.host, gpu, self.rate_hz, seen, info)
 
-    def _attach_work(self, st: GpuState, gpu: int, seconds: list[Second], seen: dict[int, dict],
-                     host: HostSeconds) -> None:
+    def _write_windows(self, gpu: int, st: GpuState, t_to: int) -> None:
+        """Write the windows whose class is new or changed since last written (from the first
+        such second to ``t_to``: a changed episode class rewrites its seconds)."""
+        first = st.first_unwritten()
+        if first is None:
+            return
+        windows = [Window(start=float(t), end=float(t + 1), gpu=gpu, klass=klass, features=features)
+                   for t, klass, features in st.band_from(first)]
+        self.store.write_sync(q_events.replace_windows, gpu, float(first), float(t_to), windows)
+        self.windows_written += len(windows)
+        st.mark_written(first)
+
+    def _attach_work(self, st: GpuState, gpu: int, seconds, seen: dict[int, dict], host: HostSeconds) -> None:
         """Split each serving process's samples of each second into own work, waits and GPU
         waits (analysis/threads.py), learning GPU waits in the processes that hold a CUDA
         context on ``gpu`` (``seen``: NVML's processes on it, q.gpu_processes); set what the
@@ -306,86 +246,3 @@ class Analyzer:
                         if not is_wait(path):
                             leaves[leaf_key(path)] = leaves.get(leaf_key(path), 0) + n
                     st.waits.feed(p.pid, s.sm_util, leaves)
-
-    def _foreign(self, gpu: int, targets: list[dict], t_from: int, seen: dict[int, dict],
-                 serving: dict[int, str]) -> list[dict]:
-        """Processes on the GPU that are not the engine's (NVML's ``seen``, and targets
-        discovery found there), with their command line (as discovery stored it, redacted),
-        GPU memory and SM share where known."""
-        by_pid = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}
-        out = []
-        for pid, info in seen.items():
-            if pid not in serving and by_pid.get(pid, {}).get("role") != "helper":
-                out.append({"pid": pid, "role": by_pid.get(pid, {}).get("role", "unknown"),
-                            "cmdline": by_pid.get(pid, {}).get("cmdline") or None, "sm_util": info["sm_util"],
-                            "used_memory_bytes": info["used_memory_bytes"]})
-        for t in targets:
-            if (t["role"] == "other_gpu_process" and int(t["pid"]) not in seen and gpu in (t["gpus"] or [gpu])
-                    and (t["exited_at"] is None or t["exited_at"] >= t_from)):
-                out.append({"pid": int(t["pid"]), "role": t["role"], "cmdline": t["cmdline"] or None,
-                            "sm_util": None, "used_memory_bytes": None})
-        return out
-
-    def _gap_event(self, gpu: int, seg: Segment, st: GpuState, serving: dict[int, str], open_: bool) -> Event:
-        secs = [st.seconds[t] for t in seg.seconds if t in st.seconds]
-        sm = [s.sm_util if s.sm_util is not None else (s.util_gpu or 0.0) for s in secs]
-        lost = sum(max(0.0, 1.0 - v / 100.0) for v in sm)
-        running = mean_reported([s.running for s in secs])
-        waiting = mean_reported([s.waiting for s in secs])
-        tokens = mean_reported([s.gen_tokens_s for s in secs])
-        # a stall is time spent waiting: its waits (idle samples where recorded) are the evidence;
-        # a starved GPU's evidence is the culprit thread's own work (never its waits)
-        culprit = attribution.culprit([s.leader for s in secs])
-        if seg.klass == "stall" or culprit is None:
-            frames = attribution.top_frames(self.store, seg.start, seg.end, serving, self.cfg.top_frames,
-                                            active=None if seg.klass == "stall" else True)
-            hot_paths: list[dict] = []
-        else:
-            # split with what the GPU-wait learner knows now (as each second was split)
-            active = st.code.stacks(self.store, culprit["pid"], culprit["tid"], seg.start, seg.end)
-            own = own_stacks(active, st.waits.waits(culprit["pid"]))
-            frames, hot_paths = attribution.code_of(own, culprit, self.cfg.top_frames)
-        busiest: dict[int, list[float]] = {}
-        for s in secs:
-            for pid, own_cpu in s.own_cpu:
-                busiest.setdefault(pid, []).append(own_cpu)
-        cpu = {f"{pid}": round(sum(v) / len(v), 1) for pid, v in busiest.items()}
-        idle_pct = 100.0 * lost / max(1, len(secs))
-        in_flight = (running or 0) + (waiting or 0)
-        top = frames[0] if frames else None
-        who = ""
-        if culprit is not None:
-            who = (f"; {culprit['role']} pid {culprit['pid']} thread {culprit['thread']} busy "
-                   f"{culprit['cpu_pct']:.0f}% of a core on its own work")
-        summary = (f"GPU {gpu} {seg.klass.replace('_', '-')}: {idle_pct:.0f}% idle for {_duration(seg.duration)}"
-                   + (f" while {in_flight:.0f} requests were in flight" if in_flight >= 1 else
-                      f" while {tokens:.0f} tokens/s flowed" if tokens else "")
-                   + who
-                   + (f"; top frame {top['frame']} {top['share'] * 100:.0f}%"
-                      + ("" if culprit else f" ({top['role']} pid {top['pid']})") if top else "")
-                   + (f"; its time splits under {hot_paths[0]['via']}: " if hot_paths and hot_paths[0]["via"] else
-                      "; its time splits: " if hot_paths else "")
-                   + ", ".join(f"{h['frame']} {h['share'] * 100:.0f}%" for h in hot_paths[:3]))
-        evidence = {
-            "duration_s": seg.duration, "lost_gpu_s": round(lost, 2), "gpu_idle_pct": round(idle_pct, 1),
-            "sm_util_mean": round_reported(mean_reported([s.sm_util for s in secs]), 2),
-            "util_gpu_mean": round_reported(mean_reported([s.util_gpu for s in secs]), 2),
-            "requests_running_mean": round_reported(running, 2),
-            "requests_waiting_mean": round_reported(waiting, 2),
-            "generation_tokens_per_s_mean": round_reported(tokens, 2), "own_cpu_pct_by_pid": cpu,
-            "class_seconds": {seg.klass: len(seg.seconds)},
-            "culprit": culprit, "hot_paths": hot_paths,
-        }
-        severity = "critical" if seg.duration >= 60 and idle_pct >= 50 else "warning"
-        return Event(id=f"cpu_gpu_gap:{self.host}:{gpu}:{seg.start}", kind="cpu_gpu_gap", start=float(seg.start),
-                     end=float(seg.end), host=self.host, gpu=gpu, severity=severity, klass=seg.klass,
-                     summary=summary, evidence=evidence, top_frames=frames, open=open_)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"

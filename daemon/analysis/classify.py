@@ -73,6 +73,12 @@ class Second:
     # the engine's own estimates of the work of this second, per GPU (vLLM >= 0.24, SGLang)
     flops_per_gpu_s: float | None = None        # FLOP/s
     dram_bytes_per_gpu_s: float | None = None   # bytes read + written per second
+    # the pipeline (engines/specs.py: Little's law on the latency sums): requests at the front
+    # end, requests inside the engine by its own clocks, requests completed per second
+    http_in_flight: float | None = None
+    engine_held: float | None = None
+    requests_s: float | None = None
+    serving: bool | None = None     # set for an episode's aggregate: most of its seconds had work
     processes: list[ProcessSecond] = field(default_factory=list)
 
     @property
@@ -81,7 +87,10 @@ class Second:
 
     @property
     def in_flight(self) -> bool | None:
-        """Work is in the engine: requests running/waiting or tokens flowing (None: no engine data)."""
+        """Work is in the engine: requests running/waiting or tokens flowing (None: no engine
+        data). ``serving``, where set (an episode's aggregate), decides instead."""
+        if self.serving is not None:
+            return self.serving
         values = [v for v in (self.running, self.waiting, self.gen_tokens_s, self.prompt_tokens_s) if v is not None]
         if not values:
             return None

@@ -156,8 +156,15 @@ def build_seconds(cur, gpu: int, t_from: int, t_to: int, cfg: AnalysisConfig,
             running=e.get("requests_running"), waiting=e.get("requests_waiting"),
             gen_tokens_s=e.get("generation_tokens_per_s"), prompt_tokens_s=e.get("prompt_tokens_per_s"),
             flops_per_gpu_s=e.get("flops_per_gpu_per_s"), dram_bytes_per_gpu_s=_bytes_moved(e),
+            http_in_flight=e.get("http_in_flight"), engine_held=_engine_held(e), requests_s=e.get("requests_per_s"),
             processes=procs))
     return out
+
+
+def _engine_held(engine: dict[str, float]) -> float | None:
+    """Requests inside the engine by its own clocks (queue + inference time sums' rates)."""
+    parts = [engine[k] for k in ("engine_queued", "engine_running_lt") if k in engine]
+    return sum(parts) if parts else None
 
 
 def _bytes_moved(engine: dict[str, float]) -> float | None:

@@ -51,7 +51,7 @@ from typing import Any, Callable
 
 from infersight.daemon.analysis import attribution
 from infersight.daemon.analysis.classify import Second
-from infersight.daemon.analysis.detectors import name_foreign
+from infersight.daemon.analysis.findings import name_foreign
 from infersight.daemon.analysis.runs import RunTracker, Segment
 from infersight.daemon.analysis.seconds import FOREIGN_ROLES
 from infersight.daemon.analysis.numbers import mean_reported, round_reported

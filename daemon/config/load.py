@@ -196,6 +196,30 @@ class AnalysisConfig:
                                        "above busy_sm_pct. Measured: vLLM 7 B with 20 logprobs per token, API "
                                        "server 100%, SM 43; busy phases with a saturated engine core 65-97", min=0,
                                        max=100)
+    episode_min_s: int = opt(5, "an episode (a stretch of one workload) lasts at least this long, and a change "
+                             "is confirmed this many seconds after it happened (seconds)", min=2, max=60)
+    episode_max_s: int = opt(600, "an episode still open after this long is closed and continued by the next "
+                             "(its findings go on under one id): bounds the analysis's memory (seconds)",
+                             min=60, max=7200)
+    episode_load_log2: float = opt(0.8, "a change of the requests in flight (or at the front end) ends an episode "
+                                   "when log2(1 + requests) moves this much: a factor of ~1.7 at high load",
+                                   min=0.1, max=10)
+    episode_mix: float = opt(0.3, "a change of the prompt share of the token flow (0-1) that ends an episode",
+                             min=0.05, max=1)
+    episode_gpu_pct: float = opt(15.0, "a change of SM, tensor or DRAM activity (points of %) that ends an "
+                                 "episode", min=1, max=100)
+    episode_cpu_pct: float = opt(35.0, "a change of a serving process's CPU (points of % of a core) that ends an "
+                                 "episode", min=1, max=10000)
+    episode_foreign: float = opt(0.6, "a change of the share of seconds a foreign process works on the GPU that "
+                                 "ends an episode (0-1)", min=0.1, max=1)
+    episode_profile_novel: float = opt(0.25, "a change of a serving process's own-work code that ends an episode: "
+                                       "the share of one side's samples in modules the other side hardly runs "
+                                       "(0-1)", min=0.05, max=1)
+    episode_profile_samples: int = opt(40, "own-work samples each side needs before a profile may end an "
+                                       "episode (count)", min=5)
+    throttle_front_share: float = opt(0.5, "the front end (API server) is the throttle of a starved episode when "
+                                      "it holds at least this share of the requests in flight (0-1)",
+                                      min=0.05, max=0.95)
     gap_min_s: float = opt(3.0, "a CPU-GPU gap lasts at least this long to become an event (seconds)", min=1)
     gap_merge_s: float = opt(2.0, "gaps separated by at most this much merge (seconds); a busy second between "
                              "starved ones joins them when the culprit process stays saturated (vLLM 7 B, 20 "

@@ -64,6 +64,13 @@ ENGINE_SIGNALS: dict[str, str] = {
     "generation_tokens_per_s": "tokens_per_second",
     "preemptions_per_s": "per_second",
     "steps_per_s": "per_second",
+    # Little's law over the latency histograms (specs.py): mean requests in each stage
+    "http_in_flight": "requests",
+    "http_requests_per_s": "per_second",
+    "engine_in_flight": "requests",
+    "engine_running_lt": "requests",
+    "engine_queued": "requests",
+    "requests_per_s": "per_second",
     "prefix_cache_queries_per_s": "tokens_per_second",
     "prefix_cache_hits_per_s": "tokens_per_second",
     "prefix_cache_hit_ratio": "ratio",

@@ -139,6 +139,18 @@ ENGINES: tuple[EngineSpec, ...] = (
         "requests_waiting_capacity": (_g("vllm:num_requests_waiting_by_reason", reason="capacity"),),
         "requests_waiting_deferred": (_g("vllm:num_requests_waiting_by_reason", reason="deferred"),),
         # prompt tokens looked up in the prefix cache, and found (old names before vLLM 0.10)
+        # Little's law on the latency histograms' sums: the rate of a duration sum is the mean
+        # number of requests inside that stage over the interval (counted as they complete).
+        # The API server's HTTP middleware times a request from its arrival in the app to the
+        # answer; the engine's e2e histogram from its arrival in the engine. The difference is
+        # what the front end holds (tokenizing, waiting for its event loop, detokenizing).
+        "http_in_flight": (_c("http_request_duration_highr_seconds_sum"), _c("http_request_duration_seconds_sum")),
+        "http_requests_per_s": (_c("http_request_duration_highr_seconds_count"),
+                                _c("http_request_duration_seconds_count")),
+        "engine_in_flight": (_c("vllm:e2e_request_latency_seconds_sum"),),
+        "engine_running_lt": (_c("vllm:request_inference_time_seconds_sum"),),
+        "engine_queued": (_c("vllm:request_queue_time_seconds_sum"),),
+        "requests_per_s": (_c("vllm:request_success"),),
         "prefix_cache_queries_per_s": (_c("vllm:prefix_cache_queries"), _c("vllm:gpu_prefix_cache_queries")),
         "prefix_cache_hits_per_s": (_c("vllm:prefix_cache_hits"), _c("vllm:gpu_prefix_cache_hits")),
     }),

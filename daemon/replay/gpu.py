@@ -4,7 +4,8 @@ Pure: lines in, records out, no I/O. The first line is ``{"info": {...}}``; ever
 is one sample ``{"t", "util_gpu", ..., "pcie_tx_mib_s", "mem_used_mib", "gpu_pids", ...}``
 written every ``interval_s`` by the recorder's sampler. Field names map onto GPU_SIGNALS
 (MiB and MiB/s become bytes and bytes/s); keys the store has no column for (``proc_cpu_pct``,
-``sample_cost_ms``) are not GPU signals and are left out. A line that cannot be read is
+``sample_cost_ms``) are not GPU signals and are left out. ``gpu_pids`` (with
+``gpu_proc_mem_mib`` and ``gpu_proc_sm`` where recorded) become process sightings. A line that cannot be read is
 reported in ``errors`` with its line number and skipped.
 """
 from __future__ import annotations
@@ -87,6 +88,10 @@ def sample_from(record: dict[str, Any], gpu: int) -> tuple[GpuSample, list[GpuPr
             continue
         v = float(v) * factor
         values[signal] = int(round(v)) if signal in _INTEGER_SIGNALS else v
-    procs = [GpuProcessSample(t=t, gpu=gpu, pid=int(pid), used_memory_bytes=None)
-             for pid in record.get("gpu_pids") or ()]
+    # ``gpu_proc_sm`` (newer recordings): NVML's per-process SM share, % (pid -> value)
+    shares = {int(pid): float(v) for pid, v in (record.get("gpu_proc_sm") or {}).items()}
+    memory = {int(pid): int(float(v) * MIB) for pid, v in (record.get("gpu_proc_mem_mib") or {}).items()}
+    pids = list(dict.fromkeys([*(int(p) for p in record.get("gpu_pids") or ()), *shares]))
+    procs = [GpuProcessSample(t=t, gpu=gpu, pid=pid, used_memory_bytes=memory.get(pid), sm_util=shares.get(pid))
+             for pid in pids]
     return GpuSample(t=t, gpu=gpu, values=values, source=SOURCE), procs

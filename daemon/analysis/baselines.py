@@ -1,0 +1,104 @@
+"""Earlier episodes of a GPU, to compare an episode with the same offered load.
+
+What a person asks of a slow hour is "slower than when the same load came before?": the
+comparison is at the same offered load (the requests clients keep in flight), never at the
+same throughput, since a neighbour or a slower kernel lowers the throughput itself (a
+neighbour that halves it finds no baseline "at the same throughput").
+
+Offered load: the requests at the front end (Little's law on the HTTP latency sum) where the
+engine exports it, else the requests running and waiting in the engine. Two episodes have
+the same load when these are within ``LOAD_FACTOR`` of each other. The figures compared are
+the tokens per second per request in flight (each request's speed) and the GPU's activity.
+Only episodes that served without a foreign process active are baselines.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from infersight.daemon.analysis.judge import Verdict
+
+LOAD_FACTOR = 1.5
+MIN_BASELINE_S = 5
+MAX_EPISODES = 500
+
+
+@dataclass(frozen=True)
+class Figures:
+    start: int
+    end: int
+    load: float
+    tokens_s: float
+    per_request: float
+    sm: float | None
+    tensor: float | None
+    dram: float | None
+
+
+def figures(v: Verdict) -> Figures | None:
+    """An episode's comparable figures, None when it served nothing measurable."""
+    load = v.means.get("http_in_flight")
+    if load is None or load < 1:
+        load = v.means.get("in_flight")
+    tokens = (v.means.get("gen_tps") or 0.0) + (v.means.get("prompt_tps") or 0.0)
+    if load is None or load < 1 or tokens <= 0:
+        return None
+    return Figures(v.start, v.end, load, tokens, tokens / load, v.means.get("sm"), v.means.get("tensor"),
+                   v.means.get("dram"))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """An episode against the baseline at the same offered load."""
+
+    now: dict[str, Any]
+    base: dict[str, Any]
+    base_span: tuple[int, int]
+
+    @property
+    def per_request_ratio(self) -> float:
+        return self.now["per_request"] / self.base["per_request"] if self.base["per_request"] else 1.0
+
+    def text(self) -> str:
+        change = (self.per_request_ratio - 1.0) * 100
+        return (f": tokens/s per request {self.base['per_request']:.1f} -> {self.now['per_request']:.1f} "
+                f"({change:+.0f}%) at the same load ({self.now['load']:.0f} vs {self.base['load']:.0f} requests "
+                f"in flight); SM {self.base['sm'] or 0:.0f}% -> {self.now['sm'] or 0:.0f}%, tensor "
+                f"{self.base['tensor'] or 0:.0f}% -> {self.now['tensor'] or 0:.0f}%")
+
+    def evidence(self) -> dict[str, Any]:
+        return {"now": self.now, "baseline": self.base, "baseline_start": self.base_span[0],
+                "baseline_end": self.base_span[1], "per_request_ratio": round(self.per_request_ratio, 3)}
+
+
+class Baselines:
+    """The comparable figures of one GPU's closed episodes within ``horizon_s``."""
+
+    def __init__(self, horizon_s: float) -> None:
+        self.horizon_s = horizon_s
+        self.episodes: deque[Figures] = deque(maxlen=MAX_EPISODES)
+
+    def add(self, v: Verdict) -> None:
+        f = figures(v)
+        if f is not None and not v.foreign and v.duration >= MIN_BASELINE_S:
+            self.episodes.append(f)
+
+    def compare(self, v: Verdict) -> Comparison | None:
+        """``v`` against the latest baseline episode at the same offered load (None: none)."""
+        now = figures(v)
+        if now is None:
+            return None
+        while self.episodes and self.episodes[0].end < v.start - self.horizon_s:
+            self.episodes.popleft()
+        same = [b for b in self.episodes if b.end <= v.start and now.load / LOAD_FACTOR <= b.load <= now.load * LOAD_FACTOR]
+        if not same:
+            return None
+        base = same[-1]
+        return Comparison(_fig(now), _fig(base), (base.start, base.end))
+
+
+def _fig(f: Figures) -> dict[str, Any]:
+    return {"load": round(f.load, 2), "tokens_s": round(f.tokens_s, 1), "per_request": round(f.per_request, 2),
+            "sm": None if f.sm is None else round(f.sm, 1), "tensor": None if f.tensor is None else round(f.tensor, 1),
+            "dram": None if f.dram is None else round(f.dram, 1)}

@@ -1,0 +1,95 @@
+"""The episode criteria of a replayed recording, phase by phase (issue 25's "Done when").
+
+Pure functions over a replay's windows and events and the recording's labels:
+
+- ``class_changes``: how often the class changes between adjacent inner seconds of a phase
+  (its first and last second dropped: the seconds of a transition);
+- ``gaps_in``: the cpu_gpu_gap findings that overlap a phase by half of the shorter;
+- ``edges_ok``: whether a finding starts and ends within ``tolerance`` seconds of its phase;
+- ``names_pid``: whether a finding names a process (summary or evidence).
+
+bench/real_engine/score.py prints them per recording; tests/test_episodes_real.py asserts them.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LONG_PHASE_S = 10.0
+
+
+def inner_classes(windows: list[dict], t0: float, t1: float) -> list[str]:
+    return [w["class"] for w in sorted(windows, key=lambda w: w["start"]) if t0 + 1 <= w["start"] and w["end"] <= t1 - 1]
+
+
+def class_changes(windows: list[dict], t0: float, t1: float) -> int:
+    seq = inner_classes(windows, t0, t1)
+    return sum(1 for a, b in zip(seq, seq[1:]) if a != b)
+
+
+def overlap(e: dict, t0: float, t1: float) -> float:
+    return min(e["end"], t1) - max(e["start"], t0)
+
+
+def findings_in(events: list[dict], kind: str, t0: float, t1: float) -> list[dict]:
+    return [e for e in events if e["kind"] == kind and overlap(e, t0, t1) >= 0.5 * min(e["end"] - e["start"], t1 - t0)]
+
+
+def gaps_in(events: list[dict], t0: float, t1: float) -> list[dict]:
+    return findings_in(events, "cpu_gpu_gap", t0, t1)
+
+
+def edges_ok(e: dict, t0: float, t1: float, tolerance: float = 2.0) -> bool:
+    return abs(e["start"] - t0) <= tolerance and abs(e["end"] - t1) <= tolerance
+
+
+def names_pid(e: dict, pid: int) -> bool:
+    text = e.get("summary", "") + json.dumps(e.get("evidence") or {})
+    return f"pid {pid}" in text or f'"pid": {pid}' in text
+
+
+def neighbour_pids(root: Path) -> list[int]:
+    procs = json.loads((root / "processes.json").read_text())["processes"]
+    return [int(p["pid"]) for p in procs if p.get("role") == "other_gpu_process"]
+
+
+def is_neighbour_phase(name: str) -> bool:
+    return "neighbor" in name
+
+
+def phase_report(root: Path, labels: list[dict], windows: list[dict], events: list[dict]) -> list[dict]:
+    """One row per labelled phase: duration, inner class counts, class changes, gap findings
+    (with their edge offsets), and for neighbour phases whether an event names the neighbour."""
+    neighbours = neighbour_pids(root)
+    rows = []
+    for lab in labels:
+        t0, t1 = lab["t0"], lab["t1"]
+        seq = inner_classes(windows, t0, t1)
+        gaps = gaps_in(events, t0, t1)
+        row = {"phase": lab["phase"], "t0": t0, "t1": t1, "seconds": round(t1 - t0, 1),
+               "classes": {k: seq.count(k) for k in dict.fromkeys(seq)}, "changes": class_changes(windows, t0, t1),
+               "gaps": [(round(e["start"] - t0, 1), round(e["end"] - t1, 1), e["class"],
+                         ((e.get("evidence") or {}).get("culprit") or {}).get("role")) for e in gaps],
+               "edges_ok": all(edges_ok(e, t0, t1) for e in gaps)}
+        if is_neighbour_phase(lab["phase"]):
+            near = [e for e in events if overlap(e, t0, t1) > 0]
+            row["neighbour_named"] = any(names_pid(e, pid) for e in near for pid in neighbours)
+        rows.append(row)
+    return rows
+
+
+def violations(rows: list[dict]) -> list[str]:
+    """What breaks the criteria: a long phase that changes class more than once, more than one
+    gap finding in a phase, a gap finding off its phase's edges, a neighbour not named."""
+    out = []
+    for r in rows:
+        long = r["seconds"] >= LONG_PHASE_S
+        if long and r["changes"] > 1:
+            out.append(f"{r['phase']}@{r['t0']:.0f}: {r['changes']} class changes {r['classes']}")
+        if len(r["gaps"]) > 1:
+            out.append(f"{r['phase']}@{r['t0']:.0f}: {len(r['gaps'])} gap findings {r['gaps']}")
+        elif r["gaps"] and not r["edges_ok"] and long:
+            out.append(f"{r['phase']}@{r['t0']:.0f}: gap off the edges {r['gaps']}")
+        if r.get("neighbour_named") is False:
+            out.append(f"{r['phase']}@{r['t0']:.0f}: neighbour not named")
+    return out
