@@ -31,8 +31,9 @@ Phases: ``start`` (launch the engine, wait for /health: label ``starting``), ``r
 patterns of load.py and ``idle:SECONDS``; a kind starting with ``neighbor`` also runs
 neighbor.py's GEMMs.
 
-With ``--api-server-count N`` vLLM's launcher process only supervises ``VLLM::APIServer_i``
-children: once such a child shows up, the launcher's role becomes ``helper``. ``gpu.jsonl``
+With ``--api-server-count N`` vLLM's launcher process (the command line ``vllm serve`` ran)
+only supervises ``VLLM::APIServer_i`` children after start-up; it keeps the role
+``api_server``, the role live discovery gives its command line. ``gpu.jsonl``
 also carries ``gpu_proc_sm`` (NVML's per-process SM share, %, where the driver gives one) and
 each scrape line ``server_conns`` (established TCP connections to the serving port: the
 clients the front end holds, counted from the host's socket table).
@@ -126,10 +127,6 @@ class Recorder:
                         rec = self.procs[p.pid] = {"pid": p.pid, "role": role, "cmdline": cmd, "ppid": ppid,
                                                    "create_time": created, "first_seen": now, "last_seen": now}
                     rec["last_seen"] = now
-                    if rec["role"] == "api_server" and cmd.startswith("VLLM::APIServer"):
-                        parent = self.procs.get(ppid)
-                        if parent is not None and parent["role"] == "api_server" and ppid in self.roots:
-                            parent["role"] = "helper"      # the launcher of several API servers
                     if rec["cmdline"] != cmd and cmd:
                         # exec and setproctitle rename processes after start: keep the final title
                         rec["cmdline"] = cmd

@@ -122,7 +122,7 @@ class GpuState:
         return out
 
     def _episode(self, seconds: list[EpisodeSecond], explainer: Explains, open_: bool) -> list[Event]:
-        v = judge(seconds, self.cfg, self.rate_hz)
+        v = judge(self._core(seconds), self.cfg, self.rate_hz)
         for s in seconds:
             self.band[s.t] = band_class(v.klass, self.second_class.get(s.t, ("", {}))[0])
         events = explainer.explain(v, seconds, self, open_)
@@ -131,6 +131,21 @@ class GpuState:
             self.closed.extend(s.t for s in seconds)
         self.last_verdict = v
         return events
+
+    def _core(self, seconds: list[EpisodeSecond]) -> list[EpisodeSecond]:
+        """``seconds`` without the idle seconds at its edges (idle on their own evidence: the
+        GPU still, nothing in flight): a boundary is confirmed only ``episode_min_s`` after a
+        change, so the few idle seconds before a load starts or after it ends join the load's
+        episode, and neither its figures nor its findings' span should count them."""
+        def idle(s: EpisodeSecond) -> bool:
+            return self.second_class.get(s.t, ("", {}))[0] == "idle"
+
+        lo, hi = 0, len(seconds)
+        while lo < hi and idle(seconds[lo]):
+            lo += 1
+        while hi > lo and idle(seconds[hi - 1]):
+            hi -= 1
+        return seconds[lo:hi] or seconds
 
     # -- the band -------------------------------------------------------------------------------
     def first_unwritten(self) -> int | None:

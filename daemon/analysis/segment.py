@@ -108,9 +108,10 @@ class Segmenter:
             self.buffer.append(obs)
         splits += self._settle(self.buffer, keep_open=True)
         if len(self.buffer) > self.max_len:
-            cut = self.buffer[len(self.buffer) - self.max_len]
+            # close all but the newest seconds: the next episode starts with a few to judge
+            cut = self.buffer[-self.min_len]
             splits.append(Split(cut.t, "length", 0.0))
-            self.buffer = self.buffer[len(self.buffer) - self.max_len:]
+            self.buffer = self.buffer[-self.min_len:]
         return splits
 
     def _settle(self, seconds: list[Observation], keep_open: bool = False) -> list[Split]:
@@ -152,15 +153,19 @@ def best_split(seconds: list[Observation], specs: dict[str, FeatureSpec], min_le
         spec = spec_for(name, specs)
         if spec is not None:
             scorers.append((name, _score_profile(series, spec, min_len)))
+    # candidates run to the last second but one: a change seen only in the newest seconds must
+    # not be placed early just because its true place leaves the right side short; then it waits
     for name, scores in scorers:
         for k, score in scores.items():
             total[k] += min(score, SCORE_CAP)
             if score > top[k]:
                 top[k], reasons[k] = score, name
-    candidates = [k for k in range(min_len, n - min_len + 1) if top[k] >= 1.0]
+    candidates = [k for k in range(min_len, n - 1) if top[k] >= 1.0]
     if not candidates:
         return None
     k = max(candidates, key=lambda i: (total[i], -i))
+    if k > n - min_len:
+        return None          # not confirmed yet: fewer than min_len seconds after it
     return k, Split(seconds[k].t, reasons[k], round(top[k], 3))
 
 
@@ -197,7 +202,7 @@ def _score_numeric(values: list[float], present: list[bool], spec: FeatureSpec, 
     floor = spec.threshold / 20.0
     scores: dict[int, float] = {}
     ramp = _ramp_residual(values, present) + c[n] * floor * floor
-    for k in range(min_len, n - min_len + 1):
+    for k in range(min_len, n - 1):
         cl, cr = c[k], c[n] - c[k]
         if cl < spec.min_count or cr < spec.min_count:
             continue
@@ -258,7 +263,7 @@ def _score_profile(series: list[dict[str, int]], spec: FeatureSpec, min_len: int
         for key, v in series[k - 1].items():
             left[key] = left.get(key, 0) + v
             left_n += v
-        if k < min_len or k > n - min_len:
+        if k < min_len or k > n - 2:
             continue
         right_n = grand - left_n
         if left_n < spec.min_count or right_n < spec.min_count:
