@@ -132,7 +132,7 @@ class Daemon:
                     agent.extras[component.name] = component
                     if hasattr(component, "start"):
                         await component.start()
-                    if getattr(component, "interval_s", None):
+                    if getattr(component, "interval_s", None) and not getattr(component, "self_paced", False):
                         scheduler.add_job(self._guarded, "interval", args=[component.tick], seconds=component.interval_s,
                                           id=f"component:{component.name}", max_instances=1, coalesce=True)
             policy = retention.RetentionPolicy(

@@ -15,6 +15,9 @@
 #                                                  load again (the "after" of the remedy pairs)
 #   bash bench/real_engine/vllm_session.sh qwen-eager    the same model with --enforce-eager: one
 #                                                  stream, then 48 streams (load change, same culprit)
+#   bash bench/real_engine/vllm_session.sh live    the agent (this checkout's wheel in .whl/agent) watching
+#                                                  a Llama 2.7 B live, recorded at the same time:
+#                                                  $OUT/agent-api.jsonl beside $OUT/vllm-llama-live.tar.gz
 #   bash bench/real_engine/vllm_session.sh large   the agent itself watching a ~7 B model from before
 #                                                  vLLM starts, recorded at the same time, then the
 #                                                  agent's overhead on vLLM's tokens/s (bench/vllm_overhead.py)
@@ -47,6 +50,31 @@ record_qwen() {  # NAME "EXTRA vllm FLAGS" PHASES LIMIT_S
 }
 
 case "$MODE" in
+live)
+  # the agent (this checkout's wheel, default config) watching a Llama 2.7 B it has never seen,
+  # recorded at the same time: the agent's live answers beside a replay of the same seconds
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/agent .whl/agent/*.whl || exit 1
+  python3 .vllm/mkmodel.py /tmp/m-live --hidden-size 3072 --intermediate-size 8192 --layers 26 --heads 24 \
+    --kv-heads 8 > /dev/null || exit 1
+  printf '[storage]\npath = "/tmp/agent.duckdb"\n[collectors.stacks]\npyspy_path = "%s"\n' "$PYSPY" > /tmp/agent.toml
+  PYTHONPATH=/tmp/agent setsid python3 -m infersight.daemon.cli run --config /tmp/agent.toml > "$OUT/agent.log" 2>&1 &
+  AGENT=$!
+  sleep 5
+  T0=$(date +%s)
+  timeout -s INT "${LIMIT_S:-420}" python3 bench/real_engine/record.py --out /tmp/rec/vllm-llama-live --model /tmp/m-live \
+    --port $PORT --serve "$(serve_cmd /tmp/m-live)" --pyspy $PYSPY \
+    --phases start,idle:8,heavy_decode:25,neighbor:25,flood:25,prefill:20,stream128:25,idle:8
+  sleep 25   # the agent's analysis runs lag_s behind: let it reach the end
+  for q in "events?from=$T0&limit=500" "health" "processes?all=1" "windows?from=$T0"; do
+    python3 -c "import sys,urllib.request as u; print(u.urlopen('http://127.0.0.1:8321/api/'+sys.argv[1], timeout=60).read().decode())" "$q"
+  done > "$OUT/agent-api.jsonl" 2>&1
+  kill -TERM $AGENT; sleep 5
+  grep -c -i "skipped\|maximum number of running" "$OUT/agent.log"
+  cp /tmp/rec/vllm-llama-live/engine.log "$OUT/vllm-llama-live-engine.log"
+  rm -f /tmp/rec/vllm-llama-live/engine.log
+  gzip -f /tmp/rec/vllm-llama-live/gpu.jsonl
+  tar -C /tmp/rec -czf "$OUT/vllm-llama-live.tar.gz" vllm-llama-live
+  ;;
 qwen-graphs)
   record_qwen vllm-qwen-graphs "" start,idle:6,steady48:20,neighbor48:20,stream128:20,flood:20,idle:5 "${LIMIT_S:-330}"
   ;;
@@ -102,6 +130,6 @@ hf)
   rm -f /tmp/rec/hf-transformers/engine.log
   tar -C /tmp/rec -czf "$OUT/hf-transformers.tar.gz" hf-transformers
   ;;
-*) echo "usage: $0 small|large|hf|qwen-graphs|qwen-api4|qwen-eager" >&2; exit 2 ;;
+*) echo "usage: $0 small|large|hf|live|qwen-graphs|qwen-api4|qwen-eager" >&2; exit 2 ;;
 esac
 ls -la "$OUT"

@@ -14,15 +14,17 @@ late data (py-spy writes a recording only when it ends) arrive first. Per GPU an
 
 The per-second band (``windows``) is derived from the episodes: each second carries its
 episode's class, except a second with strong evidence of its own (a truly idle second). An
-episode's class can still change while it is open; its windows are rewritten then. Work
-happens on a worker thread (reads through the store's reader cursors, writes through the
-writer thread), so the event loop stays free. Replay drives the same object with the
-recording's clock.
+episode's class can still change while it is open; its windows are rewritten then. In the daemon
+the analysis runs on a thread of its own, paced by itself (:meth:`Analyzer.start`): reads go
+through the store's reader cursors, writes through the writer thread, and the event loop and
+its worker threads stay free for the collectors and the web. Replay drives the same object
+with the recording's clock.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any, Awaitable, Callable, Mapping
 
@@ -35,7 +37,7 @@ from infersight.daemon.analysis.observe import EpisodeSecond, observation
 from infersight.daemon.analysis.regression import RegressionDetector
 from infersight.daemon.analysis.seconds import (EngineScope, HostSeconds, WaitFrames, build_seconds,
                                                 read_host_seconds, serving_pids)
-from infersight.daemon.analysis.second_record import episode_second, foreign_pids
+from infersight.daemon.analysis.second_record import NVML_HOLD_S, episode_second, foreign_pids, held_readings
 from infersight.daemon.analysis.straggler import StragglerDetector
 from infersight.daemon.analysis.threads import is_wait, leaf_key, split_process
 from infersight.daemon.config.load import Config
@@ -53,6 +55,10 @@ MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart af
 # every table into Python at a time, and the heap it grew (about 50 MB) stayed with the process;
 # the per-second GROUP BYs of a longer piece grow DuckDB hash tables whose pages stay mapped too
 STEP_MAX_S = 60
+TICK_MAX_S = 60              # the daemon's step covers at most this much new data (its own thread)
+LATE_FACTOR = 2.0            # a step that begins this many intervals after the last one is late
+ENGINE_MAP_WAIT_S = 5.0
+CLOSE_WAIT_S = 10.0
 
 
 class Analyzer:
@@ -86,20 +92,86 @@ class Analyzer:
         self.engine_map: Mapping[str, tuple[int, ...]] | None = None   # the last endpoint_gpus answer
         self._open_ids: set[str] = set()
         self._wait_frames = WaitFrames()      # GPU-wait frame ids, scanned incrementally
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_began: float | None = None
+        self.late_ticks = 0
+        self.last_tick_s = 0.0
 
     # -- daemon component ---------------------------------------------------------------------
     async def tick(self) -> None:
+        """One analysis step on a worker thread (tests and callers that pace it themselves)."""
+        await self._refresh_engine_map()
+        try:
+            events = await asyncio.to_thread(self.step, self.clock())
+        except Exception as exc:
+            self._failed(exc)
+            return
+        await self._deliver(events)
+
+    async def start(self) -> None:
+        """Run the analysis on a thread of its own, paced by itself (the daemon): it never
+        competes for the event loop's worker threads, a slow step delays the next instead of
+        being skipped, and a step covers at most ``TICK_MAX_S`` of new seconds, so after a
+        stall it catches up over several steps, staying behind rather than dropping seconds."""
+        self._loop = asyncio.get_running_loop()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="infersight-analysis", daemon=True)
+        self._thread.start()
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            await asyncio.to_thread(self._thread.join, CLOSE_WAIT_S)
+            self._thread = None
+
+    @property
+    def self_paced(self) -> bool:
+        """Whether the daemon must leave the scheduling of ``tick`` to the analysis itself."""
+        return True
+
+    def _run(self) -> None:
+        wait = 0.0
+        while not self._stop.wait(wait):
+            began = time.monotonic()
+            if self._last_began is not None and began - self._last_began > LATE_FACTOR * self.interval_s:
+                self.late_ticks += 1
+            self._last_began = began
+            try:
+                fut = asyncio.run_coroutine_threadsafe(self._refresh_engine_map(), self._loop)
+                fut.result(timeout=ENGINE_MAP_WAIT_S)
+            except Exception as exc:  # a map that does not come keeps the last one
+                log.warning("event=engine_gpu_map_failed error=%s", kv(f"{type(exc).__name__}: {exc}"))
+            try:
+                events = self.step(self.clock(), max_s=TICK_MAX_S)
+            except Exception as exc:
+                self._failed(exc)
+                events = []
+            if events or self.on_events:
+                asyncio.run_coroutine_threadsafe(self._deliver(events), self._loop)
+            self.last_tick_s = time.monotonic() - began
+            # behind: go on at once (briefly yielding); else wait for the rest of the interval
+            wait = 0.01 if self.behind_s() > self.interval_s else max(0.0, self.interval_s - self.last_tick_s)
+
+    def behind_s(self) -> float:
+        """Seconds of data the analysis has not reached yet beyond its lag (0 when in time)."""
+        if self.done_until is None:
+            return 0.0
+        return max(0.0, self.clock() - self.cfg.lag_s - self.done_until)
+
+    async def _refresh_engine_map(self) -> None:
         if self.endpoint_gpus is not None:
             try:
                 self.engine_map = dict(await self.endpoint_gpus())
             except Exception as exc:  # the map is a refinement: without it GPUs keep the last one
                 log.warning("event=engine_gpu_map_failed error=%s", kv(f"{type(exc).__name__}: {exc}"))
-        try:
-            events = await asyncio.to_thread(self.step, self.clock())
-        except Exception as exc:
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("event=analysis_failed error=%s", kv(self.last_error), exc_info=exc)
-            return
+
+    def _failed(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        log.error("event=analysis_failed error=%s", kv(self.last_error), exc_info=exc)
+
+    async def _deliver(self, events: list[Event]) -> None:
         for callback in self.on_events:
             res = callback(events)
             if asyncio.iscoroutine(res):
@@ -107,12 +179,15 @@ class Analyzer:
 
     def health(self) -> dict[str, Any]:
         return {"ok": self.last_error is None, "last_error": self.last_error, "analysed_until": self.done_until,
-                "ticks": self.ticks, "events_written": self.events_written, "windows_written": self.windows_written,
+                "ticks": self.ticks, "late_ticks": self.late_ticks, "last_tick_s": round(self.last_tick_s, 3),
+                "behind_s": round(self.behind_s(), 1), "events_written": self.events_written,
+                "windows_written": self.windows_written,
                 "open_episodes": {str(g): st.open[0].t for g, st in self.gpus.items() if st.open}}
 
     # -- the work -------------------------------------------------------------------------------
-    def step(self, now: float) -> list[Event]:
-        """Analyse every whole second up to ``now - lag_s`` not analysed yet; returns events written."""
+    def step(self, now: float, max_s: float = MAX_CATCH_UP_S) -> list[Event]:
+        """Analyse the whole seconds up to ``now - lag_s`` not analysed yet, at most ``max_s`` of
+        them (the rest waits for the next step); returns the events written."""
         t_to = int(now - self.cfg.lag_s)
         if self.done_until is None:
             first = self.store.read_sync(q.first_gpu_second)
@@ -120,6 +195,7 @@ class Analyzer:
                 return []
             self.done_until = max(int(first), t_to - MAX_CATCH_UP_S)
         t_from = max(self.done_until, t_to - MAX_CATCH_UP_S)
+        t_to = min(t_to, t_from + int(max_s))
         if t_to <= t_from:
             return []
         events: list[Event] = []
@@ -172,7 +248,8 @@ class Analyzer:
         serving = serving_pids(targets, gpu)
         # NVML's processes on this GPU in the step: CUDA-context holders and foreign processes
         seen = self.store.read_sync(q.gpu_processes, gpu, t_from, t_to)
-        seen_per_second = self.store.read_sync(q.gpu_process_seconds, gpu, t_from, t_to) if seen else {}
+        readings = self.store.read_sync(q.gpu_process_seconds, gpu, t_from - NVML_HOLD_S, t_to) if seen else {}
+        seen_per_second = held_readings(readings, [s.t for s in seconds])
         self._attach_work(st, gpu, seconds, seen, host)
         self.straggler.add(gpu, seconds)
         info = {int(t["pid"]): t for t in sorted(targets, key=lambda t: t["last_seen"] or 0.0)}

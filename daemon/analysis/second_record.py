@@ -51,3 +51,25 @@ def episode_second(s: Second, lifecycle: str | None, foreign: set[int], nvml_sm:
         occupancy=s.sm_occupancy, running=s.running, waiting=s.waiting, gen_tps=s.gen_tokens_s,
         prompt_tps=s.prompt_tokens_s, http_in_flight=s.http_in_flight, engine_held=s.engine_held,
         requests_s=s.requests_s, procs=tuple(procs), foreign=tuple(active))
+
+
+# NVML's per-process utilization is read every few seconds (collectors.gpu.slow_interval_s,
+# 5 s by default): a reading stands for the seconds after it, up to this long
+NVML_HOLD_S = 6
+
+
+def held_readings(readings: dict[int, dict[int, float | None]], seconds: list[int],
+                  hold_s: int = NVML_HOLD_S) -> dict[int, dict[int, float | None]]:
+    """Per second in ``seconds``, each pid's latest reading at or before it and at most
+    ``hold_s`` old (``readings``: second -> pid -> SM share, as storage.analysis.gpu_process_seconds)."""
+    out: dict[int, dict[int, float | None]] = {}
+    times = sorted(readings)
+    last: dict[int, tuple[int, float | None]] = {}
+    i = 0
+    for t in sorted(seconds):
+        while i < len(times) and times[i] <= t:
+            for pid, v in readings[times[i]].items():
+                last[pid] = (times[i], v)      # None: seen, no utilization sample (it did not run)
+            i += 1
+        out[t] = {pid: v for pid, (at, v) in last.items() if t - at <= hold_s}
+    return out
