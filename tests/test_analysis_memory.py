@@ -1,16 +1,17 @@
-"""What the analysis keeps between ticks stays small while a gap run stays open.
+"""What the analysis keeps between ticks stays small while an episode stays open.
 
-A host-bound run of 40 threads held every thread's stacks of every second in memory (the
-accelerated soak grew 0.4 MB/s per GPU): an open run now keeps one small record per second
-and reads its culprit thread's stacks back from the database, a tick's new seconds at a
-time. These tests pin both halves: the memory kept, and that the code named from the
+A host-bound run of 40 threads once held every thread's stacks of every second in memory
+(the accelerated soak grew 0.4 MB/s per GPU): an open episode keeps one small record per
+second (counts, no stacks) and reads its culprit thread's stacks back from the database, a
+tick's new seconds at a time. These tests pin both halves: the memory kept, and that the code named from the
 database read in pieces equals the code of the whole run read at once.
 """
 from __future__ import annotations
 
 from collections import Counter
 
-from infersight.daemon.analysis.analyzer import Analyzer, RunSecond
+from infersight.daemon.analysis.analyzer import Analyzer
+from infersight.daemon.analysis.observe import EpisodeSecond
 from infersight.daemon.config.load import Config, with_overrides
 from infersight.storage import events as q_events
 from infersight.storage.model import Batch, EngineSample, Frame, GpuSample, ProcessSample, StackSample, Target
@@ -70,9 +71,10 @@ def test_an_open_run_keeps_a_small_record_per_second_and_its_culprits_stacks_onc
         analyzer.step(now[0])
     assert analyzer.last_error is None
     st = analyzer.gpus[0]
-    assert st.gaps.open_since() is not None
-    assert st.seconds and all(type(v) is RunSecond for v in st.seconds.values())
-    assert not any(hasattr(v, "processes") for v in st.seconds.values())
+    assert st.open and all(type(v) is EpisodeSecond for v in st.open)
+    # per process and second: sample counts and module counts, never a stack
+    assert all(isinstance(p.modules, tuple) and not hasattr(p, "work") for v in st.open for p in v.procs)
+    assert len(st.second_class) <= len(st.open) + analyzer.cfg.episode_min_s
     # one thread's stacks, each once, however many seconds and threads the run has
     assert len(st.code.entries) == 1
     (pid, tid, _), (_, acc) = next(iter(st.code.entries.items()))

@@ -1,4 +1,4 @@
-"""Classifier, run segmentation and detectors on literal seconds (no recording involved)."""
+"""Classifier, runs, baselines and detectors on literal seconds and episodes (no recording involved)."""
 from __future__ import annotations
 
 import time
@@ -6,7 +6,13 @@ import time
 import pytest
 
 from infersight.daemon.analysis.classify import ProcessSecond, Second, classify
-from infersight.daemon.analysis.detectors import MismatchDetector, SaturationDetector, mbu_features
+from infersight.daemon.analysis.baselines import Baselines, is_mismatch
+from infersight.daemon.analysis.engine_roof import mbu_features
+from infersight.daemon.analysis.findings import saturation
+from infersight.daemon.analysis.judge import judge
+from infersight.daemon.analysis.observe import EpisodeSecond
+from infersight.daemon.analysis.observe import ProcSecond as ProcSec
+from infersight.daemon.analysis.observe import ThreadSecond as ThreadSec
 from infersight.daemon.analysis.regression import RegressionDetector
 from infersight.daemon.analysis.runs import RunTracker
 from infersight.daemon.config.load import AnalysisConfig, Config
@@ -93,46 +99,41 @@ def test_runs_split_on_a_lasting_class_or_culprit_change():
     assert tr.flush_until(14) == [] and len(tr.flush_until(20)) == 3
 
 
-def test_mismatch_needs_a_baseline_and_flags_busier_gpu_with_same_tokens():
-    cfg = AnalysisConfig(mismatch_min_s=3)
-    det = MismatchDetector(cfg)
-    for t in range(20):  # healthy decode: 16k tokens/s
-        det.feed(sec(t, util=84, sm=74, tensor=6, dram=76, running=5, gen=3860, procs=[proc(99, wait=30)]),
-                 "memory_bound")
-    assert det.events("h", 0, []) == []
-    for t in range(20, 30):  # a neighbour's GEMMs: tensor up, same tokens, slower requests
-        det.feed(sec(t, util=100, sm=83, tensor=57, dram=44, running=15, gen=3910, procs=[proc(100, wait=40)]),
-                 "compute_bound")
-    for t in range(30, 40):
-        det.feed(sec(t, util=84, sm=74, tensor=6, dram=76, running=5, gen=3860), "memory_bound")
-    events = det.events("h", 0, [{"pid": 7, "role": "other_gpu_process", "sm_util": 45.0}])
-    assert len(events) == 1 and events[0].kind == "util_throughput_mismatch"
-    e = events[0]
-    assert (e.start, e.end) == (20, 30) and not e.open
-    assert e.evidence["activity_rises"]["tensor_util"]["now"] == pytest.approx(57)
-    assert e.evidence["latency_s_per_token"] > 2 * e.evidence["baseline_latency_s_per_token"]
-    assert "pid 7" in e.summary
+def _episode(t0, n, **fields) -> list:
+    core = fields.pop("core_cpu", 99.0)
+    procs = (ProcSec(2, "engine_core", core, own=30, gpu_wait=20, threads=(ThreadSec(2, "MainThread", 30, 20),)),)
+    return [EpisodeSecond(t=t, lifecycle=None, procs=procs, **fields) for t in range(t0, t0 + n)]
 
 
-def test_mismatch_ignores_a_workload_change_that_brings_more_tokens():
-    det = MismatchDetector(AnalysisConfig(mismatch_min_s=3))
-    for t in range(20):
-        det.feed(sec(t, util=84, sm=74, tensor=6, dram=76, running=5, gen=3860), "memory_bound")
-    for t in range(20, 40):  # long decodes: more tokens, GPU a bit less busy
-        det.feed(sec(t, util=71, sm=62, tensor=9, dram=64, running=46, gen=20000), "memory_bound")
-    assert det.events("h", 0, []) == []
+def test_mismatch_against_the_same_offered_load_not_the_same_throughput():
+    """A neighbour's GEMMs at the same 5 requests in flight: tensor up, each request slower
+    (the H100 scenario: 1.4 -> 3.4 ms per token). The baseline is found by load although
+    the token flow fell by half; a load that brings more tokens is no mismatch."""
+    base = judge(_episode(0, 20, util=84, sm=74, tensor=6, dram=76, running=5, waiting=0, gen_tps=3860),
+                 CFG, RATE)
+    slow = judge(_episode(20, 10, util=100, sm=83, tensor=57, dram=44, running=5, waiting=0, gen_tps=1900),
+                 CFG, RATE)
+    more = judge(_episode(40, 10, util=71, sm=62, tensor=9, dram=64, running=46, waiting=0, gen_tps=20000),
+                 CFG, RATE)
+    history = Baselines(900)
+    assert history.compare(slow) is None                      # no baseline: nothing to say
+    history.add(base)
+    c = history.compare(slow)
+    assert c is not None and c.base_span == (0, 20)
+    assert c.per_request_ratio == pytest.approx(1900 / 3860, rel=1e-3)
+    assert is_mismatch(c, CFG)
+    assert history.compare(more) is None                      # 46 requests: another load
+    same_load_faster = judge(_episode(60, 10, util=84, sm=75, tensor=6, dram=76, running=5, waiting=0,
+                                      gen_tps=3900), CFG, RATE)
+    assert not is_mismatch(history.compare(same_load_faster), CFG)
 
 
 def test_saturation_when_busy_and_the_queue_grows():
-    det = SaturationDetector(AnalysisConfig(saturation_min_s=5))
-    for t in range(30):
-        det.feed(sec(t, util=95, sm=90, tensor=60, dram=40, running=64, waiting=t * 2.0, gen=9000), "compute_bound")
-    events = det.events("h", 0)
-    assert len(events) == 1 and events[0].open and events[0].kind == "saturation"
-    det2 = SaturationDetector(AnalysisConfig(saturation_min_s=5))
-    for t in range(30):  # draining a backlog is not saturation
-        det2.feed(sec(t, util=95, sm=90, tensor=60, dram=40, running=64, waiting=60 - t * 2.0), "compute_bound")
-    assert det2.events("h", 0) == []
+    cfg = AnalysisConfig(saturation_min_s=5)
+    growing = saturation([(t, t * 2.0) for t in range(30)], cfg)
+    assert growing is not None and growing[0] == pytest.approx(2.0) and growing[1] == 58.0
+    assert saturation([(t, 60 - t * 2.0) for t in range(30)], cfg) is None    # draining a backlog
+    assert saturation([(t, 0.0) for t in range(30)], cfg) is None
 
 
 def test_mbu_from_weights_tokens_and_peak():

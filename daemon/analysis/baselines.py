@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infersight.daemon.analysis.judge import Verdict
+from infersight.daemon.config.load import AnalysisConfig
 
 LOAD_FACTOR = 1.5
 MIN_BASELINE_S = 5
@@ -102,3 +103,25 @@ def _fig(f: Figures) -> dict[str, Any]:
     return {"load": round(f.load, 2), "tokens_s": round(f.tokens_s, 1), "per_request": round(f.per_request, 2),
             "sm": None if f.sm is None else round(f.sm, 1), "tensor": None if f.tensor is None else round(f.tensor, 1),
             "dram": None if f.dram is None else round(f.dram, 1)}
+
+
+MIN_RISE_POINTS = 10.0
+
+
+def is_mismatch(c: Comparison, cfg: AnalysisConfig) -> bool:
+    """Busy without more throughput: the GPU at least as busy as at the same offered load
+    before (SM within 5 %) while each request got slower by ``mismatch_latency_rise``, or the
+    GPU's work per token (SM, tensor or DRAM % per token/s) rose by ``mismatch_work_rise``
+    and ``MIN_RISE_POINTS`` points."""
+    now, base = c.now, c.base
+    if (now["sm"] or 0.0) < 0.95 * (base["sm"] or 0.0):
+        return False
+    if c.per_request_ratio <= 1.0 / cfg.mismatch_latency_rise:
+        return True
+    for k in ("sm", "tensor", "dram"):
+        n, b = now.get(k), base.get(k)
+        if n is None or b is None or not now["tokens_s"] or not base["tokens_s"]:
+            continue
+        if n / now["tokens_s"] >= cfg.mismatch_work_rise * max(b, 1.0) / base["tokens_s"] and n - b >= MIN_RISE_POINTS:
+            return True
+    return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from infersight.daemon.analysis import attribution
+from infersight.daemon.analysis.baselines import is_mismatch
 from infersight.daemon.analysis.classify import BUSY_CLASSES
 from infersight.daemon.analysis.findings import (WORK_SHARE, Code, gap_event, mismatch_event, neighbour_event, saturation,
                                                  saturation_event, wants_gap)
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
 GPU_HOLDER_ROLES = ("engine_core", "engine", "worker")
 # a neighbour counts for an episode when active in at least this share of its seconds
 NEIGHBOUR_SHARE = 0.5
-MIN_RISE_POINTS = 10.0
 
 
 class Explainer:
@@ -51,7 +51,7 @@ class Explainer:
             events.append(neighbour_event(self.host, self.gpu, v, self._describe(neighbours), comparison, open_,
                                           st.carry.get("noisy_neighbor")))
         elif (v.klass in BUSY_CLASSES and comparison is not None and v.duration >= self.cfg.mismatch_min_s
-              and self._mismatch(comparison)):
+              and is_mismatch(comparison, self.cfg)):
             events.append(mismatch_event(self.host, self.gpu, v, comparison, self._present(), open_,
                                          st.carry.get("util_throughput_mismatch")))
         if v.klass in BUSY_CLASSES and v.duration >= self.cfg.saturation_min_s:
@@ -115,23 +115,6 @@ class Explainer:
             out.append({"pid": pid, "role": t.get("role", "unknown"), "cmdline": t.get("cmdline") or None,
                         "sm_util": s.get("sm_util"), "used_memory_bytes": s.get("used_memory_bytes")})
         return out
-
-    def _mismatch(self, c) -> bool:
-        """Each request slower at the same offered load while the GPU is at least as busy, or
-        the GPU's work per token up (SM, tensor or DRAM % per token/s)."""
-        now, base = c.now, c.base
-        if (now["sm"] or 0.0) < 0.95 * (base["sm"] or 0.0):
-            return False
-        if c.per_request_ratio <= 1.0 / self.cfg.mismatch_latency_rise:
-            return True
-        for k in ("sm", "tensor", "dram"):
-            n, b = now.get(k), base.get(k)
-            if n is None or b is None or not now["tokens_s"] or not base["tokens_s"]:
-                continue
-            if (n / now["tokens_s"] >= self.cfg.mismatch_work_rise * max(b, 1.0) / base["tokens_s"]
-                    and n - b >= MIN_RISE_POINTS):
-                return True
-        return False
 
 
 def _serving(v: Verdict) -> bool:
