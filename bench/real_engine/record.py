@@ -317,6 +317,27 @@ def http_ok(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def launch_neighbour(out: Path, flag: Path, stop_flag: Path) -> int:
+    """Start neighbor.py outside the recorder's process tree (a shell that exits at once leaves
+    it to init), as a real neighbour is: another tenant, not a child of anything the agent
+    watches. Returns its pid once its CUDA context is ready."""
+    ready = out / "neighbor.ready"
+    ready.unlink(missing_ok=True)
+    cmd = (f"{sys.executable} {HERE / 'neighbor.py'} {flag} {stop_flag} > {ready} "
+           f"2> {out / 'neighbor.log'} < /dev/null & echo $!")
+    pid = int(subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, check=True).stdout.split()[-1])
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ready.exists() and ready.read_text().strip()):
+        time.sleep(0.2)
+    return pid
+
+
+def wait_gone(pid: int, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and psutil.pid_exists(pid):
+        time.sleep(0.2)
+
+
 class Engine:
     """The engine under test, launched in its own session so it can be stopped as a group."""
 
@@ -384,7 +405,8 @@ async def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     base = f"http://127.0.0.1:{args.port}"
     rec = Recorder(out, args.pyspy, args.rate, f"{base}/metrics", args.port)
-    engine = Engine(args.serve, base, out / "engine.log")
+    serve = os.environ[args.serve[1:]] if args.serve.startswith("@") else args.serve
+    engine = Engine(serve, base, out / "engine.log")
     labels = open(out / "labels.jsonl", "w")
     flag, stop_flag = out / "neighbor.go", out / "neighbor.stop"
     neighbor = None
@@ -409,10 +431,8 @@ async def run(args: argparse.Namespace) -> None:
                 await engine.wait_healthy()
                 label("starting", t0)
                 if neighbor is None and "neighbor" in args.phases:
-                    neighbor = subprocess.Popen([sys.executable, str(HERE / "neighbor.py"), str(flag), str(stop_flag)],
-                                                stdout=subprocess.PIPE, stderr=open(out / "neighbor.log", "wb"))
-                    rec.neighbor_pid = neighbor.pid
-                    await asyncio.to_thread(neighbor.stdout.readline)   # its CUDA context is ready
+                    neighbor = launch_neighbour(out, flag, stop_flag)
+                    rec.neighbor_pid = neighbor
                 continue
             seconds = float(secs)
             t0 = time.time()
@@ -436,7 +456,7 @@ async def run(args: argparse.Namespace) -> None:
             subprocess.run(["bash", "-c", args.after], env=env)
         await engine.stop()
         if neighbor is not None:
-            neighbor.wait(timeout=30)
+            wait_gone(neighbor, 30.0)
         flag.unlink(missing_ok=True)
         stop_flag.unlink(missing_ok=True)
 
@@ -446,7 +466,9 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--model", default="", help="the model name the server serves (its path)")
     ap.add_argument("--port", type=int, default=8011)
-    ap.add_argument("--serve", default="", help="bash command that execs the server (becomes the API server)")
+    ap.add_argument("--serve", default="", help="bash command that execs the server (becomes the API server); "
+                    "@NAME reads it from the environment variable NAME, keeping it out of the recorder's own command "
+                    "line (where live discovery would take the recorder for an engine)")
     ap.add_argument("--phases", default="")
     ap.add_argument("--workload", default="", help="instead of --serve/--phases: a bash command that execs a "
                     "program labelling its own phases into $LABELS (hf_workload.py); recorded until it exits")

@@ -61,8 +61,10 @@ live)
   AGENT=$!
   sleep 5
   T0=$(date +%s)
-  timeout -s INT "${LIMIT_S:-420}" python3 bench/real_engine/record.py --out /tmp/rec/vllm-llama-live --model /tmp/m-live \
-    --port $PORT --serve "$(serve_cmd /tmp/m-live)" --pyspy $PYSPY \
+  # the serve command travels in the environment: in the recorder's own command line discovery
+  # would take the recorder for a vLLM API server (and the neighbour it starts for its child)
+  SERVE_CMD="$(serve_cmd /tmp/m-live)" timeout -s INT "${LIMIT_S:-420}" python3 bench/real_engine/record.py \
+    --out /tmp/rec/vllm-llama-live --model /tmp/m-live --port $PORT --serve @SERVE_CMD --pyspy $PYSPY \
     --phases start,idle:8,heavy_decode:25,neighbor:25,flood:25,prefill:20,stream128:25,idle:8
   sleep 25   # the agent's analysis runs lag_s behind: let it reach the end
   for q in "events?from=$T0&limit=500" "health" "processes?all=1" "windows?from=$T0"; do
