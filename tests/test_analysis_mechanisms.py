@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 
 from infersight.daemon.analysis.classify import ProcessSecond, Second, classify
-from infersight.daemon.analysis.episodes import EpisodeTracker, noise_tv, tv_distance
 from infersight.daemon.analysis.lifecycle import Lifecycle, startup_share
 from infersight.daemon.analysis.threads import GpuWaitLearner, split_process
 from infersight.daemon.config.load import AnalysisConfig
@@ -88,68 +87,6 @@ def test_an_old_process_never_starts_and_an_exiting_one_stops():
     assert lc.step(5000, [_proc(5000, 1.0, 100)], served=False) is None
     assert lc.step(5001, [_proc(5001, 0.0, 100, exited=5010)], served=False) == "stopping"
     assert lc.step(5002, [_proc(5002, 0.0, 100, exited=5010)], served=True) is None
-
-
-def _draw(rng: random.Random, profile: dict[str, float], n: int) -> dict[str, int]:
-    """``n`` samples drawn from ``profile`` (leaf -> weight), counted by leaf."""
-    keys = list(profile)
-    out: dict[str, int] = {}
-    for k in rng.choices(keys, weights=[profile[k] for k in keys], k=n):
-        out[k] = out.get(k, 0) + 1
-    return out
-
-
-def test_episodes_ignore_sampling_noise_and_split_on_a_real_change():
-    rng = random.Random(3)
-    a = {f"a{i}": 1.0 for i in range(12)}
-
-    def draw(profile, n=35):
-        return _draw(rng, profile, n)
-
-    assert 0.15 < noise_tv(a, 35) < 0.3
-    ep = EpisodeTracker()
-    labels = [ep.label(1, 1, draw(a)) for _ in range(30)]
-    assert len(set(labels)) == 1
-    b = {f"b{i}": 1.0 for i in range(12)}
-    labels += [ep.label(1, 1, draw(b)) for _ in range(10)]
-    assert len(set(labels)) == 2 and labels[31] != labels[29]
-    assert ep.label(2, 1, draw(b)) != labels[-1]                     # another process: another episode
-    assert tv_distance({"x": 1}, {"x": 5}) == 0.0
-
-
-def test_episodes_split_when_a_module_joins_spread_over_many_rare_leaves():
-    """20 own samples a second over a long tail of model leaves; then a tokenizer module takes
-    40 % spread over 30 leaves of its own. Per second the shift hides in the noise of the
-    tail; pooled over a few seconds and summed by file it does not (transformers recording,
-    tests/fixtures/hf-transformers). The same tail alone never splits."""
-    rng = random.Random(5)
-    model = {f"modeling.py:f{i}": 1.0 / (i + 1) for i in range(40)}
-    model.update({f"torch/nn.py:g{i}": 0.5 / (i + 1) for i in range(20)})
-    tokenizer = {f"tokenization.py:t{i}": 1.0 / (i + 1) for i in range(30)}
-
-    def draw(profile, n=20):
-        return _draw(rng, profile, n)
-
-    def mixed():
-        return {**draw(model, 12), **draw(tokenizer, 8)}
-
-    for _ in range(5):                              # the tail alone: one episode however long
-        ep = EpisodeTracker()
-        assert len({ep.label(1, 1, draw(model)) for _ in range(120)}) == 1
-    ep = EpisodeTracker()
-    before = [ep.label(1, 1, draw(model)) for _ in range(20)]
-    after = [ep.label(1, 1, mixed()) for _ in range(15)]
-    assert len(set(before)) == 1 and after[-1] != before[-1]
-    assert after.index(after[-1]) <= 4              # found within the pooling window
-    assert len(set(after[after.index(after[-1]):])) == 1
-
-
-def test_episodes_split_when_the_load_changes_by_a_factor():
-    ep = EpisodeTracker()
-    leaves = {"a": 20, "b": 20}
-    first = [ep.label(1, 1, leaves, load=128) for _ in range(10)]
-    later = [ep.label(1, 1, leaves, load=1) for _ in range(5)]
-    assert first[-1] != later[-1]
 
 
 def test_a_leaf_whose_share_rises_with_the_gpu_is_learned_as_a_gpu_wait():
