@@ -93,3 +93,33 @@ def violations(rows: list[dict]) -> list[str]:
         if r.get("neighbour_named") is False:
             out.append(f"{r['phase']}@{r['t0']:.0f}: neighbour not named")
     return out
+
+
+# The classes each labelled phase may get, from the recordings' READMEs. The synthetic H100
+# scenario labels its phases by class; the real recordings label workloads, whose class the
+# READMEs' counters settle only as far as this: a starved phase is host- or launch-bound (the
+# counters do not separate the two), a GPU shared with a neighbour is busy with any roof.
+BUSY_CLASSES = ("compute_bound", "memory_bound", "latency_bound")
+STARVED_CLASSES = ("host_bound", "launch_bound")
+SCENARIO_CLASSES = {"healthy": ("memory_bound",), "host_bound": ("host_bound",), "core_bound": ("host_bound",),
+                    "memory_bound": ("memory_bound",), "idle": ("idle",), "launch_bound": ("launch_bound",),
+                    "compute_bound": ("compute_bound",), "stall": ("stall",), "noisy_neighbor": BUSY_CLASSES}
+REAL_CLASSES = {"idle": ("idle",), "starting": ("starting",), "prefill": ("compute_bound",)}
+REAL_OVERRIDES = {("vllm-large", "single_stream"): ("memory_bound",),
+                  ("vllm-large", "heavy_decode"): ("latency_bound", "memory_bound"),
+                  ("vllm-large", "structured"): ("memory_bound", "latency_bound")}
+
+
+def acceptable_classes(recording: str, phase: str) -> tuple[str, ...] | None:
+    """The classes a phase may get (None: no class is settled for it, e.g. a shutdown)."""
+    if recording.startswith("h100-"):
+        return SCENARIO_CLASSES.get(phase)
+    if (recording, phase) in REAL_OVERRIDES:
+        return REAL_OVERRIDES[(recording, phase)]
+    if phase in REAL_CLASSES:
+        return REAL_CLASSES[phase]
+    if "neighbor" in phase:
+        return BUSY_CLASSES
+    if phase == "shutdown":
+        return None
+    return STARVED_CLASSES

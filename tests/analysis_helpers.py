@@ -8,6 +8,8 @@ never seen. Engine counters restart at each cut, which the normalizer treats as 
 from __future__ import annotations
 
 import collections
+import copy
+import functools
 import gzip
 import json
 from pathlib import Path
@@ -36,6 +38,17 @@ def replay(root: Path) -> tuple[list[dict], list[dict], list[str]]:
         return run_replay(root, store, config)
     finally:
         store.close()
+
+
+@functools.lru_cache(maxsize=None)
+def _replay_once(root: str) -> tuple[list[dict], list[dict], list[str]]:
+    return replay(Path(root))
+
+
+def replay_shared(root: Path) -> tuple[list[dict], list[dict], list[str]]:
+    """``replay(root)``, computed once per test session (a recording's replay takes 10-25 s;
+    several test modules read the same ones); each caller gets its own copy."""
+    return copy.deepcopy(_replay_once(str(root)))
 
 
 def labels(root: Path) -> list[dict]:

@@ -21,6 +21,7 @@ from analysis_helpers import (
     overlapping,
     reorder_recording,
     replay,
+    replay_shared,
 )
 from infersight.daemon.config.load import Config
 from infersight.daemon.replay.command import main as replay_main
@@ -44,7 +45,7 @@ RECORDINGS = {
 @pytest.fixture(scope="module", params=sorted(RECORDINGS))
 def replayed(request):
     root = FIXTURES / request.param
-    windows, events, errors = replay(root)
+    windows, events, errors = replay_shared(root)
     return root, windows, events, errors
 
 
@@ -101,7 +102,7 @@ def test_gap_events_carry_duration_lost_time_and_processes(replayed):
 
 def test_noisy_neighbour_names_the_other_gpu_process():
     root = FIXTURES / "h100-scenario"
-    _, events, _ = replay(root)
+    _, events, _ = replay_shared(root)
     mismatches = [e for e in events if e["kind"] == "util_throughput_mismatch"]
     assert mismatches
     foreign = mismatches[0]["evidence"]["foreign_processes"]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from analysis_helpers import labels as read_labels
-from analysis_helpers import replay
+from analysis_helpers import replay_shared
 
 ROOT = Path(__file__).resolve().parent.parent
 REC = ROOT / "tests" / "fixtures" / "hf-transformers"
@@ -37,7 +37,7 @@ STARVED = ("batch1_decode", "chat_tokenize", "batch64_decode")
 
 @pytest.fixture(scope="module")
 def replayed():
-    windows, events, errors = replay(REC)
+    windows, events, errors = replay_shared(REC)
     assert not errors, errors
     return windows, [e for e in events if e["kind"] == "cpu_gpu_gap"], read_labels(REC)
 

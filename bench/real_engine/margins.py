@@ -1,31 +1,46 @@
-"""Every analysis threshold against the real recordings: the values on both sides of it.
+"""Every analysis threshold against the recordings: how far each sits from what it decides.
 
-usage: python3 bench/real_engine/margins.py [DIR ...]   (default: every recording in tests/fixtures)
+usage: python3 bench/real_engine/margins.py [--margin 0.15] [DIR ...]   (default: every recording
+       in tests/fixtures with labels)
 
-Replays each recording through the analysis (in memory) and keeps, per labelled phase, the
-pooled figures of the episode that covers most of it (judge.py's Verdict). Then, per
-threshold of AnalysisConfig, prints the nearest phase value below and above it and the
-margin of each in percent of the threshold: a threshold must not sit within 15 % of a phase
-it separates. For the segmenter's thresholds it prints, per feature, the largest difference
-inside a phase (between the means of two stretches of at least ``episode_min_s`` seconds:
-what must NOT split) and the differences at phase changes that this feature alone separates.
+Replays each recording (in memory) and keeps, per labelled phase, the pooled figures of the
+episode covering most of it (judge.py's Verdict) and the segmenter's per-second inputs. Then:
 
-Recordings are the real vLLM and transformers ones plus the synthetic H100 scenario (our
-engine on a real GPU, not a real engine): each row names its recording.
+- classification and throttle thresholds: each is moved down and up by ``--margin`` (15 %) in
+  turn and every phase's episode re-judged from the same pooled figures; a phase whose class
+  (or named throttle) changes to one its recording does not allow
+  (tests/analysis_criteria.acceptable_classes) sits within the margin of a threshold it must
+  be separated by. Printed per threshold: the phases that flip (should be none), how many
+  move between classes they may have either way, and the nearest phase value on each side;
+- segmentation thresholds: each feature's threshold is lowered by the margin and every
+  phase of 10 s or more is searched for a split (should find none), then raised by the margin
+  and every change between two such phases is searched (the change must still be found by
+  some feature). Printed per feature: the largest score inside a phase (below 1 / (1 +
+  margin) holds) and the phase changes that feature alone carries.
+
+The recordings are real vLLM 0.24 and transformers runs plus the synthetic H100 scenario (our
+engine on a real GPU, not a real engine); each row names its recording.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import math
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+LONG_PHASE_S = 10.0
+CLASS_THRESHOLDS = ("busy_sm_pct", "idle_sm_pct", "cpu_busy_pct", "host_saturated_pct", "host_bound_max_sm_pct",
+                    "launch_ratio", "launch_min_util_pct", "compute_tensor_pct", "compute_roof_ratio",
+                    "memory_dram_pct", "memory_roof_ratio", "throttle_front_share")
+FEATURE_THRESHOLDS = {"load": "episode_load_log2", "front": "episode_load_log2", "mix": "episode_mix",
+                      "sm": "episode_gpu_pct", "tensor": "episode_gpu_pct", "dram": "episode_gpu_pct",
+                      "foreign": "episode_foreign", "cpu": "episode_cpu_pct", "prof": "episode_profile_novel"}
 
 
-def replay_verdicts(root: Path):
-    """(labels, [(phase label, Verdict of the episode covering most of it)], per-second observations)."""
+def replay_recording(root: Path):
+    """(labels, {phase index: Verdict}, {second: Observation})."""
     from infersight.daemon.analysis import episode_state
     from infersight.daemon.analysis.observe import observation
     from infersight.daemon.config.load import Config
@@ -56,120 +71,122 @@ def replay_verdicts(root: Path):
     finally:
         episode_state.GpuState._episode, episode_state.GpuState.advance = orig_episode, orig_advance
     labels = [json.loads(x) for x in (root / "labels.jsonl").read_text().splitlines() if x.strip()]
-    out = []
-    for lab in labels:
-        best = max(verdicts.values(), key=lambda v: min(v.end, lab["t1"]) - max(v.start, lab["t0"]), default=None)
-        if best is not None and min(best.end, lab["t1"]) - max(best.start, lab["t0"]) > 0.5 * (lab["t1"] - lab["t0"]):
-            out.append((lab, best))
-    return labels, out, observations
+    covering = {}
+    for i, lab in enumerate(labels):
+        def overlap(v):
+            return min(v.end, lab["t1"]) - max(v.start, lab["t0"])
+        best = max(verdicts.values(), key=overlap, default=None)
+        if best is not None and overlap(best) > 0.5 * (lab["t1"] - lab["t0"]):
+            covering[i] = best
+    return labels, covering, observations
 
 
-def busiest(v) -> float | None:
-    cpus = [p.own_cpu for p in v.procs if p.own_cpu is not None]
-    return max(cpus) if cpus else None
+def judged(v, cfg) -> tuple[str, int | None]:
+    """(class, pid named first) of a verdict's pooled figures under ``cfg``."""
+    from infersight.daemon.analysis.classify import classify
+    from infersight.daemon.analysis.throttle import find_throttle
+
+    klass, _ = classify(v.aggregate, cfg, 1.0, None if v.klass not in ("starting", "stopping") else v.klass)
+    th = find_throttle(dataclasses.replace(v, klass=klass), cfg) if klass in ("host_bound", "launch_bound") else None
+    return klass, th.first.pid if th is not None else None
 
 
-def class_values(name: str, v):
-    """The pooled figure a classification threshold is compared with, None where it does not apply."""
+def phase_value(name: str, v) -> float | None:
+    """The pooled figure a threshold reads, for the 'nearest on each side' columns."""
+    from infersight.daemon.analysis.throttle import front_share
+
     m = v.means
-    sm, util, tensor, dram = m.get("sm"), m.get("util"), m.get("tensor"), m.get("dram")
-    if name == "busy_sm_pct":
-        return sm
-    if name in ("cpu_busy_pct", "host_saturated_pct"):
-        return busiest(v)
-    if name == "host_bound_max_sm_pct":
-        return sm if (busiest(v) or 0) >= 90 else None
-    if name == "launch_ratio":
-        return sm / util if sm is not None and util and util >= 25 else None
-    if name == "compute_tensor_pct":
-        return tensor if sm and sm >= 40 else None
-    if name == "compute_roof_ratio":
-        return tensor / sm if sm and sm >= 40 and tensor is not None else None
-    if name == "memory_dram_pct":
-        return dram if sm and sm >= 40 else None
-    if name == "memory_roof_ratio":
-        return dram / sm if sm and sm >= 40 and dram is not None else None
-    if name == "throttle_front_share":
-        from infersight.daemon.analysis.throttle import front_share
-        share, _, _ = front_share(v)
-        return share if v.klass in ("host_bound", "launch_bound") else None
-    return None
-
-
-CLASS_THRESHOLDS = ("busy_sm_pct", "cpu_busy_pct", "host_saturated_pct", "host_bound_max_sm_pct", "launch_ratio",
-                    "compute_tensor_pct", "compute_roof_ratio", "memory_dram_pct", "memory_roof_ratio",
-                    "throttle_front_share")
-
-
-def feature_value(name: str, obs) -> float | None:
-    return obs.numeric.get(name)
-
-
-def within_phase_max(series: list[float], min_len: int) -> float:
-    """The largest |mean(left) - mean(right)| over split points with min_len values each side."""
-    n = len(series)
-    best = 0.0
-    for k in range(min_len, n - min_len + 1):
-        a, b = series[:k], series[k:]
-        best = max(best, abs(sum(a) / len(a) - sum(b) / len(b)))
-    return best
+    sm, util = m.get("sm"), m.get("util")
+    own = [p.own_cpu for p in v.procs if p.own_cpu is not None]
+    return {"busy_sm_pct": sm, "idle_sm_pct": sm, "host_bound_max_sm_pct": sm,
+            "cpu_busy_pct": max(own, default=None), "host_saturated_pct": max(own, default=None),
+            "launch_ratio": sm / util if sm is not None and util else None, "launch_min_util_pct": util,
+            "compute_tensor_pct": m.get("tensor"),
+            "compute_roof_ratio": m["tensor"] / sm if sm and m.get("tensor") is not None else None,
+            "memory_dram_pct": m.get("dram"),
+            "memory_roof_ratio": m["dram"] / sm if sm and m.get("dram") is not None else None,
+            "throttle_front_share": front_share(v)[0]}.get(name)
 
 
 def main() -> None:
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "tests"))
+    global acceptable_classes
+    from analysis_criteria import acceptable_classes
+    from infersight.daemon.analysis.observe import feature_specs
+    from infersight.daemon.analysis.segment import best_split
     from infersight.daemon.config.load import Config
 
-    cfg = Config().analysis
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--margin", type=float, default=0.15)
     ap.add_argument("dirs", nargs="*")
     args = ap.parse_args()
+    cfg = Config().analysis
     dirs = [Path(d) for d in args.dirs] or sorted(p.parent for p in (ROOT / "tests" / "fixtures").glob("*/labels.jsonl"))
-    rows = []           # (recording, phase, Verdict)
-    feats = {"load": cfg.episode_load_log2, "front": cfg.episode_load_log2, "mix": cfg.episode_mix,
-             "sm": cfg.episode_gpu_pct, "tensor": cfg.episode_gpu_pct, "dram": cfg.episode_gpu_pct,
-             "foreign": cfg.episode_foreign}
-    inside: dict[str, list] = {f: [] for f in feats}
-    changes: dict[str, list] = {f: [] for f in feats}
+    phases, inner = [], []       # (recording, phase, Verdict); (recording, phase, [Observation])
     for d in dirs:
-        labels, pairs, observations = replay_verdicts(d)
-        rows += [(d.name, lab["phase"], v) for lab, v in pairs]
-        means = []
-        for lab in labels:
+        labels, covering, observations = replay_recording(d)
+        for i, lab in enumerate(labels):
+            if i in covering:
+                phases.append((d.name, lab["phase"], covering[i]))
             secs = [observations[t] for t in sorted(observations) if lab["t0"] + 1 <= t and t + 1 <= lab["t1"] - 1]
-            m = {}
-            for f in feats:
-                series = [x for x in (feature_value(f, o) for o in secs) if x is not None]
-                if len(series) >= 2 * cfg.episode_min_s and not any(o.key != ("serving",) for o in secs):
-                    inside[f].append((within_phase_max(series, cfg.episode_min_s), d.name, lab["phase"]))
-                if series:
-                    m[f] = sum(series) / len(series)
-            means.append((lab, m))
-        for (la, ma), (lb, mb) in zip(means, means[1:]):
-            if "starting" in (la["phase"], lb["phase"]) or "shutdown" in (la["phase"], lb["phase"]):
-                continue
-            diffs = {f: abs(ma[f] - mb[f]) for f in feats if f in ma and f in mb}
-            for f, x in diffs.items():
-                changes[f].append((x, d.name, f"{la['phase']}->{lb['phase']}"))
-    print("== classification thresholds (pooled figures of the episode covering each phase)")
+            inner.append((d.name, lab["phase"], lab["t1"] - lab["t0"], secs))
+    print(f"== classification and throttle thresholds, each moved by {args.margin:.0%} "
+          f"({len(phases)} phases of {len(dirs)} recordings)")
     for name in CLASS_THRESHOLDS:
         thr = getattr(cfg, name)
-        vals = [(class_values(name, v), rec, ph) for rec, ph, v in rows]
-        vals = [(x, rec, ph) for x, rec, ph in vals if x is not None and math.isfinite(x)]
+        flips, allowed = [], []
+        for factor in (1 - args.margin, 1 + args.margin):
+            moved = dataclasses.replace(cfg, **{name: thr * factor})
+            for rec, ph, v in phases:
+                before, after = judged(v, cfg), judged(v, moved)
+                if before == after:
+                    continue
+                ok = acceptable_classes(rec, ph)
+                # a class the phase may have either way, and the same process named first
+                if ok is not None and before[0] in ok and after[0] in ok and before[1] == after[1]:
+                    allowed.append(f"{rec}/{ph}")
+                else:
+                    flips.append(f"{rec}/{ph} {before[0]}->{after[0]} at x{factor:.2f}")
+        vals = [(phase_value(name, v), rec, ph) for rec, ph, v in phases]
+        vals = [x for x in vals if x[0] is not None]
         below = max((x for x in vals if x[0] < thr), default=None)
         above = min((x for x in vals if x[0] >= thr), default=None)
-        fmt = lambda x: "none" if x is None else f"{x[0]:.3g} ({x[1]} {x[2]}, {abs(x[0] - thr) / thr * 100:.0f}%)"
-        print(f"  {name} = {thr:g}: nearest below {fmt(below)}; nearest above {fmt(above)}")
-    print("== segmentation thresholds: largest change inside a phase (must stay below) / smallest change it "
-          "alone separates at a phase change")
-    for f, thr in feats.items():
-        worst = max(inside[f], default=None)
-        alone = []
-        for x, rec, change in changes[f]:
-            if x >= thr:
-                alone.append((x, rec, change))
-        near = min(alone, default=None)
-        print(f"  {f} ({thr:g}): inside max {('none' if worst is None else f'{worst[0]:.3g} ({worst[1]} {worst[2]}, {(thr - worst[0]) / thr * 100:.0f}% below)')}; "
-              f"smallest change above {('none' if near is None else f'{near[0]:.3g} ({near[1]} {near[2]}, {(near[0] - thr) / thr * 100:.0f}% above)')}")
+
+        def fmt(x):
+            return "none" if x is None else f"{x[0]:.3g} ({x[1]}/{x[2]})"
+        print(f"  {name} = {thr:g}: {'HOLDS' if not flips else 'FLIPS ' + ', '.join(flips)}"
+              f"{f' (moves {len(allowed)} phases between classes they may have)' if allowed else ''}; "
+              f"nearest values below {fmt(below)}, above {fmt(above)}")
+    print(f"== segmentation thresholds, each moved by {args.margin:.0%}")
+    base = feature_specs(cfg)
+    long = [(rec, ph, secs) for rec, ph, dur, secs in inner if dur >= LONG_PHASE_S and len(secs) >= 2 * cfg.episode_min_s
+            and all(o.key == ("serving",) for o in secs)]
+    pairs = [(a, b) for a, b in zip(inner, inner[1:]) if a[0] == b[0] and a[2] >= LONG_PHASE_S and b[2] >= LONG_PHASE_S
+             and all(o.key == ("serving",) for o in a[3] + b[3]) and a[3] and b[3]]
+    for feat, key in FEATURE_THRESHOLDS.items():
+        lower = dict(base, **{feat: dataclasses.replace(base[feat], threshold=base[feat].threshold * (1 - args.margin))})
+        only = {feat: base[feat]}
+        raised_only = {feat: dataclasses.replace(base[feat], threshold=base[feat].threshold * (1 + args.margin))}
+        false_splits = []
+        for rec, ph, secs in long:
+            hit = best_split(secs, lower, cfg.episode_min_s, 4.0)
+            if hit is not None and hit[1].reason.split(":")[0] == feat:
+                false_splits.append(f"{rec}/{ph}")
+        carried, lost = [], []
+        for a, b in pairs:
+            secs = a[3] + b[3]
+            others = {k: s for k, s in base.items() if k != feat}
+            alone = best_split(secs, others, cfg.episode_min_s, 4.0) is None
+            if alone and best_split(secs, only, cfg.episode_min_s, 4.0) is not None:
+                carried.append(f"{a[0]}/{a[1]}->{b[1]}")
+                if best_split(secs, raised_only, cfg.episode_min_s, 4.0) is None:
+                    lost.append(f"{a[0]}/{a[1]}->{b[1]}")
+        print(f"  {feat} ({key} = {base[feat].threshold:g}): inside phases "
+              f"{'no split' if not false_splits else 'SPLITS ' + ', '.join(false_splits)} at x{1 - args.margin:.2f}"
+              f" ({len(long)} phases of 10 s or more); changes it alone carries: {len(carried)}"
+              f"{' ' + ', '.join(carried) if carried else ''}"
+              f"{'; LOST at x%.2f: ' % (1 + args.margin) + ', '.join(lost) if lost else ''}")
 
 
 if __name__ == "__main__":

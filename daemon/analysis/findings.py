@@ -21,7 +21,7 @@ from typing import Any
 
 from infersight.daemon.analysis.baselines import Comparison
 from infersight.daemon.analysis.judge import Verdict
-from infersight.daemon.analysis.throttle import Throttle
+from infersight.daemon.analysis.throttle import FRONT_END_ROLES, Throttle
 from infersight.daemon.config.load import AnalysisConfig
 from infersight.storage.model import Event
 
@@ -64,7 +64,7 @@ def gap_event(host: str, gpu: int, v: Verdict, throttle: Throttle | None, code: 
         who = f"; no serving process busy: {culprit['role']} pid {culprit['pid']} thread {culprit['thread']} waits"
     why = ""
     if throttle is not None and throttle.decided_by == "queueing" and throttle.front_share is not None:
-        where = "front end" if throttle.front_share >= 0.5 else "engine"
+        where = "front end" if throttle.first.role in FRONT_END_ROLES else "engine"
         held = throttle.front_share if where == "front end" else 1.0 - throttle.front_share
         why = f" (the {where} holds {held * 100:.0f}% of the requests in flight)"
     others = ""

@@ -78,6 +78,7 @@ class Verdict:
     procs: tuple[ProcessSummary, ...]
     foreign: tuple[dict, ...]
     features: dict[str, Any] = field(default_factory=dict)
+    aggregate: Second | None = None      # what the classifier read (bench/real_engine/margins.py)
 
     @property
     def duration(self) -> int:
@@ -112,7 +113,7 @@ def judge(seconds: list[EpisodeSecond], cfg: AnalysisConfig, rate_hz: float) -> 
                  serving=None if means["work_share"] is None else means["work_share"] >= WORK_SHARE,
                  processes=[_as_process_second(p, len(seconds), rate_hz) for p in procs])
     klass, features = classify(agg, cfg, rate_hz, lifecycle)
-    return Verdict(klass, seconds[0].t, seconds[-1].t + 1, means, procs, foreign, features)
+    return Verdict(klass, seconds[0].t, seconds[-1].t + 1, means, procs, foreign, features, agg)
 
 
 def _as_process_second(p: ProcessSummary, n: int, rate_hz: float) -> ProcessSecond:
