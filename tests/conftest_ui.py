@@ -300,6 +300,11 @@ def open_recording(page, server, labels, extra: str = "") -> None:
     wait_timeline(page)
 
 
+def finding_row(page, event_id: str):
+    """The findings list's row of ``event_id``."""
+    return page.locator(f".finding[data-id={json.dumps(event_id)}]")
+
+
 def hottest_functions(page) -> list[str]:
     return page.eval_on_selector_all("#flame-hot .hot-row .fn-name", "(els) => els.map((e) => e.textContent)")
 

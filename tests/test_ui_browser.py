@@ -28,6 +28,7 @@ from conftest_ui import (
     chromium_path,
     drag_select,
     event_bar_y,
+    finding_row,
     hottest_functions,
     matched_share,
     open_recording,
@@ -199,7 +200,7 @@ def test_clicking_a_finding_selects_its_range_and_shows_its_code(page, scenario,
     overlap = [(min(e["end"], t1) - max(e["start"], t0), e) for e in events]
     ev = max(overlap, key=lambda x: x[0])[1]
     assert ev["kind"] == "cpu_gpu_gap"
-    page.locator(".finding").filter(has_text=ev["summary"]).first.click()
+    finding_row(page, ev["id"]).click()
     page.wait_for_function(f"() => Math.abs(+document.getElementById('flame-view').dataset.from - {ev['start']}) < 0.01 "
                            "&& document.getElementById('flame-view').dataset.state === 'ready'")
     q = query_of(page)
@@ -207,6 +208,15 @@ def test_clicking_a_finding_selects_its_range_and_shows_its_code(page, scenario,
     assert selection(page) == pytest.approx([ev["start"], ev["end"]], abs=1e-3)
     assert hottest_functions(page)[0] == ev["top_frames"][0]["frame"]
     assert page.locator(".finding.active").count() == 1
+    # filtered to the culprit's process and thread, over the finding's span
+    culprit = ev["evidence"]["culprit"]
+    assert q["pid"] == [str(culprit["pid"])] and q["tid"] == [str(culprit["tid"])]
+    assert page.input_value("#f-pid") == str(culprit["pid"]) and page.input_value("#f-tid") == str(culprit["tid"])
+    assert page.get_attribute("#flame-view", "data-tid") == str(culprit["tid"])
+    assert "the finding's culprit" in page.text_content("#flame-filter-who")
+    tree = scenario.get_json(f"/api/flamegraph?from={ev['start']}&to={ev['end']}&pid={culprit['pid']}"
+                             f"&tid={culprit['tid']}&waits=hide")
+    assert tree["total"] > 0 and float(page.get_attribute("#flame-view", "data-total")) == pytest.approx(tree["total"])
 
     # one click from the finding to "this period versus the baseline"
     page.locator(".finding.active").get_by_role("button", name="Compare with baseline").click()
@@ -343,7 +353,6 @@ def test_frame_names_are_rendered_as_text_and_run_nothing(page, synthetic):
     wait_timeline(page)
     wait_view(page, "flame")
     assert HOSTILE_FRAME in page.text_content("#findings-list")
-    assert "<script>alert(5)</script>" in page.text_content("#findings-list .evidence")
     assert HOSTILE_FRAME in hottest_functions(page) or HOSTILE_UNICODE in hottest_functions(page)
     assert page.input_value("#flame-search") == HOSTILE_FRAME
     assert page.text_content("#flame-search-result").startswith("1 frame")
@@ -363,6 +372,9 @@ def test_frame_names_are_rendered_as_text_and_run_nothing(page, synthetic):
     assert any("<svg onload=alert(3)>" in o for o in options)
     page.locator(".finding").first.click()
     wait_view(page, "flame")
+    # the evidence of the opened finding, its unknown keys in words, as text
+    assert "<script>alert(5)</script>" in page.text_content("#findings-list .evidence")
+    assert "<b>key</b>" in page.text_content("#findings-list .evidence")
     page.wait_for_timeout(300)
     injected = page.evaluate("""() => ({imgs: document.querySelectorAll('img, svg, iframe').length,
         handlers: document.querySelectorAll('[onerror], [onload]').length,
