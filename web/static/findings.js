@@ -180,10 +180,10 @@ export class FindingsPanel {
       onclick: open, onkeydown: (e) => { if (e.key === "Enter" && e.target === e.currentTarget) open(); } },
     el("div", { class: "frow" },
       el("span", { class: "ftime" }, fmtTime(ev.start), ev.open ? el("span", { class: "badge live" }, "ongoing") : null),
-      el("span", { class: "fgpu" }, ev.gpu !== null && ev.gpu !== undefined ? `GPU ${ev.gpu}` : "host"),
-      el("span", { class: "fclass" }, chip, ev.class ? classLabel(ev.class) : kindLabel(ev.kind)),
-      el("span", { class: "fculprit" }, el("span", { class: "mono" }, c.main || "–"), c.sub ? el("span", { class: "fsub" }, c.sub) : null),
-      el("span", { class: "flost" }, lost !== null ? `${fmtNum(lost)} GPU-s` : fmtDur(ev.end - ev.start))),
+      el("span", { class: "fgpu" }, ev.gpu !== null && ev.gpu !== undefined ? String(ev.gpu) : "–"),
+      el("span", { class: "fclass" }, chip, ev.class ? classLabel(ev.class) : "–"),
+      el("span", { class: "fculprit mono", title: c.sub || "" }, c.main || "–"),
+      el("span", { class: "flost" }, lost !== null ? fmtNum(lost) : "–")),
     active ? this.detail(ev) : null);
   }
 

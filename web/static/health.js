@@ -54,9 +54,10 @@ function ago(t) {
   return t ? `${fmtDur(Math.max(0, Date.now() / 1000 - t))} ago` : "never";
 }
 
+/** A table; a header written "#name" is a number column (right-aligned). */
 function table(cls, headers, rows) {
   return el("table", { class: `table health-table ${cls}` },
-    el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ...headers.map((h) => (h.startsWith("#") ? el("th", { class: "num" }, h.slice(1)) : el("th", {}, h))))),
     el("tbody", {}, ...(rows.length ? rows : [el("tr", {}, el("td", { colspan: String(headers.length), class: "muted" }, "none"))])));
 }
 
@@ -115,18 +116,18 @@ export class HealthPanel {
           el("strong", {}, p.what), p.detail ? el("div", { class: "problem-detail" }, p.detail) : null,
           p.fix ? el("div", { class: "problem-fix" }, el("span", { class: "muted" }, "Fix: "), p.fix) : null)))
           : el("p", { class: "muted" }, readOnly
-            ? "None. This is `infersight serve`: a stored database, read-only, with no collectors running."
+            ? "None. This is infersight serve: a stored database, read-only, with no collectors running."
             : `None: every collector ran, every endpoint answered${h.uptime_s ? `; up ${fmtDur(h.uptime_s)}` : ""}.`)),
       el("section", { class: "health-section" }, el("h3", {}, "Processes"), this.processes(d)),
       el("section", { class: "health-section" }, el("h3", {}, "Collectors"), table("collectors",
-        ["collector", "state", "last success", "runs", "failures", "last error"],
+        ["collector", "state", "last success", "#runs", "#failures", "last error"],
         Object.entries(h.collectors || {}).map(([name, st]) => el("tr", { dataset: { name } },
           el("td", { class: "mono" }, name),
           el("td", {}, st.ok === false ? "failing" : st.no_data ? `no data: ${st.no_data}` : st.runs ? "ok" : "not run yet"),
           el("td", {}, ago(st.last_success)), el("td", { class: "num" }, fmtNum(st.runs)),
           el("td", { class: "num" }, fmtNum(st.failures)), el("td", { class: "wrap" }, st.last_error || ""))))),
       el("section", { class: "health-section" }, el("h3", {}, "Engine metrics endpoints"), table("endpoints",
-        ["endpoint", "engine", "state", "last success", "latency", "last error"],
+        ["endpoint", "engine", "state", "last success", "#latency", "last error"],
         d.endpoints.map((ep) => el("tr", {},
           el("td", { class: "mono wrap" }, ep.url), el("td", {}, ep.engine || "–"), el("td", {}, ep.ok ? "ok" : "down"),
           el("td", {}, ago(ep.last_success)),
@@ -148,7 +149,7 @@ export class HealthPanel {
         el("td", { class: "num" }, Number.isFinite(p.rss_bytes) ? bytes(p.rss_bytes) : "–"),
         el("td", { class: "mono wrap" }, p.cmdline || ""));
     });
-    return table("processes", ["pid", "role", "GPUs", "sampling", "CPU", "RSS", "command line"], rows);
+    return table("processes", ["#pid", "role", "GPUs", "sampling", "#CPU", "#RSS", "command line"], rows);
   }
 
   storage(st) {
