@@ -15,29 +15,26 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest_ui import (
-    CHROMIUM_ARGS,
+from conftest_ui import (  # noqa: F401 (browser, labels, page, scenario, synthetic, young: fixtures)
+    DEEP_FRAMES,
     HOSTILE_FILE,
     HOSTILE_FRAME,
     HOSTILE_UNICODE,
-    PageProblems,
-    ServeProcess,
-    DEEP_FRAMES,
-    build_synthetic_store,
-    build_young_store,
-    chromium_path,
+    browser,
     drag_select,
     event_bar_y,
     finding_row,
     hottest_functions,
+    labels,
     matched_share,
     open_recording,
+    page,
     phase,
     query_of,
-    replay_into,
     save_screenshot,
+    scenario,
     selection,
-    sync_playwright,
+    synthetic,
     time_to_x,
     timeline_geometry,
     tooltip_text,
@@ -45,70 +42,16 @@ from conftest_ui import (
     view_of,
     wait_timeline,
     wait_view,
+    young,
     young_mfu,
 )
 
 pytestmark = pytest.mark.browser
 
-FIXTURE = Path(__file__).parent / "fixtures" / "h100-scenario"
 # Ground truth of the recording (its README): the class each phase must show.
 PHASE_CLASS = {"healthy": "memory_bound", "host_bound": "host_bound", "core_bound": "host_bound",
                "memory_bound": "memory_bound", "idle": "idle", "launch_bound": "launch_bound",
                "compute_bound": "compute_bound", "stall": "stall"}
-
-
-@pytest.fixture(scope="session")
-def labels() -> list[dict]:
-    return [json.loads(line) for line in (FIXTURE / "labels.jsonl").read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="session")
-def scenario(tmp_path_factory):
-    db = tmp_path_factory.mktemp("ui-scenario") / "scenario.duckdb"
-    replay_into(FIXTURE, db)
-    server = ServeProcess(db)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def synthetic(tmp_path_factory):
-    db = tmp_path_factory.mktemp("ui-synthetic") / "synthetic.duckdb"
-    facts = build_synthetic_store(db)
-    server = ServeProcess(db)
-    server.facts = facts
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def young(tmp_path_factory):
-    db = tmp_path_factory.mktemp("ui-young") / "young.duckdb"
-    facts = build_young_store(db)
-    server = ServeProcess(db)
-    server.facts = facts
-    yield server
-    server.stop()
-
-
-# Module scope, not session: Playwright's sync API keeps its event loop marked as running
-# while it is started, which would break every asyncio test collected after this module.
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_path()
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
-    pg = context.new_page()
-    pg.problems = PageProblems(pg)
-    yield pg
-    context.close()
 
 
 def test_timeline_shows_the_class_of_every_phase(page, scenario, labels):

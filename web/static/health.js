@@ -25,6 +25,9 @@ export function problemsOf(health, endpoints) {
   for (const [name, st] of Object.entries(collectors)) {
     if (st.ok === false) out.push({ what: `Collector ${name} is failing`, detail: st.last_error || "", fix: LOG_FIX });
   }
+  for (const [name, st] of Object.entries(components(health))) {
+    if (st.ok === false) out.push({ what: `The ${name} is failing`, detail: st.last_error || "", fix: LOG_FIX });
+  }
   for (const t of health.targets || []) {
     if (t.exited_at) continue;
     if (t.last_error) {
@@ -46,6 +49,16 @@ export function problemsOf(health, endpoints) {
   const known = new Set(out.map((p) => p.detail));
   for (const text of health.problems || []) {
     if (![...known].some((d) => d && text.includes(d))) out.push({ what: text, detail: "", fix: LOG_FIX });
+  }
+  return out;
+}
+
+/** The agent's other parts that report their own health (analysis, alerts, exporters):
+ * the answer's top-level objects with an ``ok``. */
+export function components(health) {
+  const out = {};
+  for (const [name, value] of Object.entries(health || {})) {
+    if (value && typeof value === "object" && !Array.isArray(value) && "ok" in value && name !== "storage") out[name] = value;
   }
   return out;
 }
@@ -126,6 +139,11 @@ export class HealthPanel {
           el("td", {}, st.ok === false ? "failing" : st.no_data ? `no data: ${st.no_data}` : st.runs ? "ok" : "not run yet"),
           el("td", {}, ago(st.last_success)), el("td", { class: "num" }, fmtNum(st.runs)),
           el("td", { class: "num" }, fmtNum(st.failures)), el("td", { class: "wrap" }, st.last_error || ""))))),
+      el("section", { class: "health-section" }, el("h3", {}, "Analysis, alerts, exports"), table("components",
+        ["part", "state", "last error"],
+        Object.entries(components(h)).map(([name, st]) => el("tr", { dataset: { name } },
+          el("td", { class: "mono" }, name), el("td", {}, st.ok === false ? "failing" : "ok"),
+          el("td", { class: "wrap" }, st.last_error || ""))))),
       el("section", { class: "health-section" }, el("h3", {}, "Engine metrics endpoints"), table("endpoints",
         ["endpoint", "engine", "state", "last success", "#latency", "last error"],
         d.endpoints.map((ep) => el("tr", {},
