@@ -31,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check every capability the agent needs; exit 0 when it can run")
     _common(check)
 
-    replay = sub.add_parser("replay", help="analyse a recording directory (see shared/fixtures/h100-scenario)")
+    replay = sub.add_parser("replay", help="analyse a recording directory (layout: tests/fixtures/h100-scenario, its README)")
     replay.add_argument("dir", help="recording directory")
     replay.add_argument("--db", default=":memory:", help="DuckDB file to keep the result in (default: in memory)")
     replay.add_argument("--json", action="store_true", help="print window and event JSON lines")

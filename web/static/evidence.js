@@ -111,16 +111,24 @@ export function generic(value, depth = 0) {
   return Object.entries(value).slice(0, 8).map(([k, v]) => `${words(k).toLowerCase()} ${guess(k) === generic ? generic(v, depth + 1) : guess(k)(v)}`).join(", ");
 }
 
-/** [[label, text], ...] for a finding's evidence: known keys first in EVIDENCE's order. */
+// keys whose empty value still says something ("no other process on the GPU")
+const SAY_EMPTY = new Set(["foreign_processes", "culprit"]);
+
+function empty(value) {
+  return value === null || value === undefined || (typeof value === "object" && !Object.keys(value).length);
+}
+
+/** [[label, text, key], ...] for a finding's evidence: known keys first in EVIDENCE's order;
+ * empty lists and maps are left out unless their emptiness is news. */
 export function evidenceRows(evidence) {
   const ev = evidence || {};
   const rows = [];
+  const shown = (key) => key in ev && !(empty(ev[key]) && !(SAY_EMPTY.has(key) && ev[key] !== undefined));
   for (const [key, [label, fmt]] of Object.entries(EVIDENCE)) {
-    if (key in ev && ev[key] !== null && ev[key] !== undefined) rows.push([label, fmt(ev[key]), key]);
+    if (shown(key)) rows.push([label, fmt(ev[key]), key]);
   }
   for (const [key, value] of Object.entries(ev)) {
-    if (key in EVIDENCE || value === null || value === undefined) continue;
-    rows.push([words(key), guess(key)(value), key]);
+    if (!(key in EVIDENCE) && shown(key)) rows.push([words(key), guess(key)(value), key]);
   }
   return rows;
 }
