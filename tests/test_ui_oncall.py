@@ -334,6 +334,7 @@ def test_search_in_the_diff(page, scenario, labels):
     b0, b1 = phase(labels, "healthy")
     open_recording(page, scenario, labels, f"&sel={h0:.3f}-{h1:.3f}&base={b0:.3f}-{b1:.3f}&tab=diff")
     wait_view(page, "diff")
+    save_tour(page, "diff.png", ".analysis-panel")
     page.fill("#diff-search", "synchronize")
     page.wait_for_function("() => document.getElementById('diff-search-result').textContent.includes('→')")
     assert query_of(page)["q"] == ["synchronize"]
@@ -344,7 +345,6 @@ def test_search_in_the_diff(page, scenario, labels):
     assert a - b > 0.3, "waiting on the GPU shrank when the tokenizer starved it"
     names = page.eval_on_selector_all("#diff-table .change-row .fn-name", "(els) => els.map((e) => e.textContent)")
     assert names and all("synchronize" in n for n in names)
-    save_tour(page, "diff.png", ".analysis-panel")
     # the flame graph tab searches the same text
     page.click("#tab-flame")
     wait_view(page, "flame")

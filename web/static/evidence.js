@@ -17,6 +17,7 @@ export function bytes(v) {
   if (!Number.isFinite(v)) return "–";
   if (v >= 2 ** 30) return `${(v / 2 ** 30).toFixed(1)} GiB`;
   if (v >= 2 ** 20) return `${(v / 2 ** 20).toFixed(0)} MiB`;
+  if (v >= 2 ** 10) return `${(v / 2 ** 10).toFixed(0)} KiB`;
   return `${fmtNum(v)} B`;
 }
 

@@ -35,7 +35,7 @@ export function problemsOf(health, endpoints) {
       out.push({ what: `py-spy cannot ${permission ? "attach to" : "sample"} pid ${t.pid} (${roleWords(t.role)})`,
         detail: t.last_error, pid: t.pid,
         fix: permission ? "grant CAP_SYS_PTRACE (the shipped systemd unit does) or run the agent as the engine's user; "
-          + "`infersight check` says what is missing" : "" });
+          + "infersight check says what is missing" : "" });
     } else if (/no py-spy/.test(t.state || "")) {
       out.push({ what: `pid ${t.pid} is not sampled: py-spy is missing`, detail: t.state, pid: t.pid,
         fix: "pip install py-spy in the agent's environment, or set collectors.stacks.pyspy_path" });
