@@ -202,16 +202,17 @@ def profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(
     else:
         raise ValueError(f"unknown weight {weight!r} (samples or gpu_idle)")
     paths = _CACHE.paths(cur, [r[0] for r in rows])
-    waits: dict[int, bool] = {}     # leaf node -> whether its leaf frame is a wait
+    waits: dict[tuple[str, str], bool] = {}   # leaf frame (function, file) -> whether it is a wait
     stacks: dict[tuple[FrameKey, ...], float] = {}
     for leaf, active, value in rows:
         if not value:
             continue
         path = paths[leaf]
         if flt.waits != "show":
-            wait = waits.get(leaf)
+            key = path[-1][:2] if path else ("", "")
+            wait = waits.get(key)
             if wait is None:
-                wait = waits[leaf] = is_wait_leaf(path)
+                wait = waits[key] = is_wait_leaf(path)
             if (wait or not active) != (flt.waits == "only"):
                 continue
         stacks[path] = stacks.get(path, 0.0) + float(value)
