@@ -1,26 +1,30 @@
 # Two entry points for a fresh Debian machine with python3 and make:
-#   make demo   create .venv, install, run the agent with a simulated engine
+#   make demo   create .venv, install, run the agent with a simulated engine (PORT=8321)
 #   make test   create .venv, install test extras and system packages, run the whole suite
 PYTHON ?= python3
+PORT   ?= 8321
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 TSTAMP := $(VENV)/.installed-test
 SYSTEM_PACKAGES := chromium prometheus systemd
+# setuptools says "Editable installation." (a notice, 10 lines) on every editable install of a
+# package-dir layout like ours; nothing to act on
+QUIET_BUILD := PYTHONWARNINGS="ignore:Editable installation"
 
-.PHONY: demo run test test-fast bench install system-deps clean
+.PHONY: demo run test test-fast bench tour install system-deps clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || { echo "python3 -m venv failed: on Debian, apt-get install python3-venv"; exit 1; }
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e .
+	$(QUIET_BUILD) $(PIP) install --quiet -e .
 	touch $@
 
 $(TSTAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet -e '.[test]'
+	$(QUIET_BUILD) $(PIP) install --quiet -e '.[test]'
 	touch $@ $(STAMP)
 
 # Debian packages the tests drive for real (browser, Prometheus, systemd-analyze); only as root.
@@ -37,7 +41,7 @@ system-deps:
 	else echo "not root: skipping apt-get (tests needing chromium/prometheus/systemd-analyze fail loudly if absent)"; fi
 
 demo: $(STAMP)
-	$(VENV)/bin/infersight demo
+	$(VENV)/bin/infersight demo --listen 127.0.0.1:$(PORT)
 
 run: $(STAMP)
 	$(VENV)/bin/infersight run --config config.example.toml
@@ -50,6 +54,10 @@ test-fast: $(TSTAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# the README's screenshots (web/static/tour/), taken by the browser tests that walk the tour
+tour: $(TSTAMP) system-deps
+	INFERSIGHT_TOUR=web/static/tour $(PY) -m pytest -q tests/test_ui_oncall.py
 
 install: $(STAMP)
 	$(VENV)/bin/infersight install-service

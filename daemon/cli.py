@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import sys
 
 from infersight.daemon.config.listen import validate_runtime
@@ -30,7 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="check every capability the agent needs; exit 0 when it can run")
     _common(check)
 
-    replay = sub.add_parser("replay", help="analyse a recording directory (see shared/fixtures/h100-scenario)")
+    replay = sub.add_parser("replay", help="analyse a recording directory (layout: tests/fixtures/h100-scenario, its README)")
     replay.add_argument("dir", help="recording directory")
     replay.add_argument("--db", default=":memory:", help="DuckDB file to keep the result in (default: in memory)")
     replay.add_argument("--json", action="store_true", help="print window and event JSON lines")
@@ -111,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from infersight.daemon.demo.command import main as demo_main
 
+            busy = _busy_port(args.listen)
+            if busy:
+                # before the engine starts: it takes seconds to come up
+                print(f"infersight demo: {busy}; pick another: --listen 127.0.0.1:PORT (make demo PORT=...)",
+                      file=sys.stderr)
+                return EXIT_FAIL
             setup_logging("info")
             return demo_main(listen=args.listen, duration=args.duration)
         if args.command == "export":
@@ -151,8 +158,21 @@ def _run(config: Config) -> int:
         print(f"infersight: storage error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     except OSError as exc:
-        print(f"infersight: cannot start: {exc}", file=sys.stderr)
+        hint = " (pick another with --listen HOST:PORT or web.listen)" if exc.errno == errno.EADDRINUSE else ""
+        print(f"infersight: cannot start: {exc}{hint}", file=sys.stderr)
         return EXIT_FAIL
+
+
+def _busy_port(listen: str) -> str:
+    """Why ``listen`` cannot be bound now ('' when it can, or when it is not HOST:PORT: the
+    config check says so)."""
+    from infersight.daemon.check import check_port
+
+    try:
+        result = check_port(listen)
+    except ValueError:
+        return ""
+    return "" if result.status == "ok" else result.detail
 
 
 if __name__ == "__main__":

@@ -9,18 +9,30 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from infersight.storage.waits import WAITS_MODES, is_wait_leaf
+
 FrameKey = tuple[str, str, int]  # (function, file, line)
 
 
 @dataclass(frozen=True)
 class ProfileFilter:
-    """Which samples a profile counts. None means no restriction."""
+    """Which samples a profile counts. None means no restriction.
+
+    ``waits``: ``show`` counts every sample; ``hide`` leaves out the pure waits (samples
+    py-spy found idle, and active ones whose leaf frame is a wait: storage/waits.py);
+    ``only`` counts nothing else.
+    """
 
     pids: tuple[int, ...] | None = None
     tids: tuple[int, ...] | None = None
     roles: tuple[str, ...] | None = None
     active: bool | None = None
     target_ids: tuple[int, ...] | None = None
+    waits: str = "show"
+
+    def __post_init__(self) -> None:
+        if self.waits not in WAITS_MODES:
+            raise ValueError(f"unknown waits mode {self.waits!r} ({', '.join(WAITS_MODES)})")
 
 
 @dataclass
@@ -164,6 +176,10 @@ def profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(
     """
     params: list = [int(t_from // 1), _ceil(t_to)]
     where = "s.bucket >= ? AND s.bucket < ?" + _filter_sql(flt, params)
+    if flt.waits == "hide":
+        where += " AND s.active"      # an idle sample is a wait whatever its leaf
+    # with a waits filter each stack's rows come apart by py-spy's active flag
+    split = ", s.active" if flt.waits != "show" else ", NULL"
     if weight == "gpu_idle":
         gparams: list = [float(int(t_from // 1)), float(_ceil(t_to))]
         gpu_clause = ""
@@ -177,20 +193,29 @@ def profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(
                 FROM gpu_samples WHERE t >= ? AND t < ?{gpu_clause}
                   AND coalesce(sm_util, util_gpu) IS NOT NULL
                 GROUP BY 1)
-            SELECT s.stack, sum(s.count * idle.w) FROM stack_samples s JOIN idle ON s.bucket = idle.b
-            WHERE {where} GROUP BY 1"""
+            SELECT s.stack{split}, sum(s.count * idle.w) FROM stack_samples s JOIN idle ON s.bucket = idle.b
+            WHERE {where} GROUP BY 1, 2"""
         rows = cur.execute(sql, gparams + params).fetchall()
     elif weight == "samples":
-        rows = cur.execute(f"SELECT s.stack, sum(s.count) FROM stack_samples s WHERE {where} GROUP BY 1",
+        rows = cur.execute(f"SELECT s.stack{split}, sum(s.count) FROM stack_samples s WHERE {where} GROUP BY 1, 2",
                            params).fetchall()
     else:
         raise ValueError(f"unknown weight {weight!r} (samples or gpu_idle)")
     paths = _CACHE.paths(cur, [r[0] for r in rows])
+    waits: dict[tuple[str, str], bool] = {}   # leaf frame (function, file) -> whether it is a wait
     stacks: dict[tuple[FrameKey, ...], float] = {}
-    for leaf, value in rows:
-        if value:
-            path = paths[leaf]
-            stacks[path] = stacks.get(path, 0.0) + float(value)
+    for leaf, active, value in rows:
+        if not value:
+            continue
+        path = paths[leaf]
+        if flt.waits != "show":
+            key = path[-1][:2] if path else ("", "")
+            wait = waits.get(key)
+            if wait is None:
+                wait = waits[key] = is_wait_leaf(path)
+            if (wait or not active) != (flt.waits == "only"):
+                continue
+        stacks[path] = stacks.get(path, 0.0) + float(value)
     return Profile(t_from, t_to, stacks, weight, gpu)
 
 

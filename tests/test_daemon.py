@@ -221,6 +221,7 @@ def test_busy_port_exits_1_with_one_line(tmp_path):
     assert proc.returncode == 1
     last = proc.stderr.splitlines()[-1]
     assert last.startswith("infersight: cannot start:") and str(port) in last
+    assert "--listen" in last, "the line says how to pick another port"
     assert "Traceback" not in proc.stderr
 
 

@@ -287,11 +287,30 @@ def test_demo_config_watches_only_the_engine(tmp_path):
     engine = {"pid": 4242, "metrics_url": "http://127.0.0.1:5/metrics", "simulated": True}
     cfg = demo_config(tmp_path, "127.0.0.1:0", engine)
     assert cfg.storage.path == str(tmp_path / "demo.duckdb")
-    assert cfg.targets.pids == (4242,) and cfg.targets.cmdline_patterns == ()
+    assert cfg.targets.pids == (4242,) and len(cfg.targets.cmdline_patterns) == 1
     assert cfg.collectors.engines.endpoints == ("http://127.0.0.1:5/metrics",)
     assert cfg.collectors.gpu.enabled is False          # the simulated collector stands in for NVML
     assert cfg.analysis.lag_s > cfg.collectors.stacks.recording_s
     assert demo_config(tmp_path, "127.0.0.1:0", {**engine, "simulated": False}).collectors.gpu.enabled is True
+
+
+def test_the_demo_engine_is_discovered_as_an_engine_and_nothing_else_is(tmp_path):
+    """Its role is ``engine`` (a serving process), not ``other`` (which reads like a neighbour's child);
+    an engine of another demo (another status file) is not watched."""
+    from infersight.daemon.stacks.discovery import Discovery
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "--status-file", str(d / "engine.json")],
+                              stdin=subprocess.DEVNULL) for d in (mine, tmp_path / "other")]
+    try:
+        cfg = demo_config(mine, "127.0.0.1:0", {"pid": procs[0].pid, "metrics_url": "http://x/metrics", "simulated": True})
+        found = {t.pid: t.role for t in Discovery(cfg.targets, "h").scan()}
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    assert found == {procs[0].pid: "engine"}
 
 
 def test_demo_refuses_an_open_listen_address_before_starting_anything(monkeypatch):
@@ -300,6 +319,21 @@ def test_demo_refuses_an_open_listen_address_before_starting_anything(monkeypatc
     with pytest.raises(ConfigError, match="web.listen"):
         demo_main(listen="0.0.0.0:8321", duration=1)
     assert started == []
+
+
+def test_a_busy_port_stops_the_demo_before_its_engine_with_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        started = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "infersight.daemon.cli", "demo", "--listen", f"127.0.0.1:{port}",
+                               "--duration", "5"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert str(port) in lines[0] and "--listen" in lines[0] and "PORT=" in lines[0]
+    assert time.monotonic() - started < 20, "no engine was started first"
 
 
 # -- the whole demo --------------------------------------------------------------------------------
@@ -344,6 +378,8 @@ def test_demo_finds_the_slow_tokenizer_and_stops_cleanly():
             assert [g["name"] for g in gpus["gpus"]] == [SIMULATED_NAME]
             assert gpus["collector"]["simulated"] is True
         engine_pid = int(re.search(r"engine pid (\d+)", announced).group(1))
+        roles = {p["pid"]: p["role"] for p in json.loads(get(base + "/api/processes")[2])["processes"]}
+        assert roles.get(engine_pid) == "engine", roles
         db = re.search(r"event=started .*db=(\S+)", "".join(err_lines)).group(1).strip('"')
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=20)

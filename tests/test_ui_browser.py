@@ -15,28 +15,26 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest_ui import (
-    CHROMIUM_ARGS,
+from conftest_ui import (  # noqa: F401 (browser, labels, page, scenario, synthetic, young: fixtures)
+    DEEP_FRAMES,
     HOSTILE_FILE,
     HOSTILE_FRAME,
     HOSTILE_UNICODE,
-    PageProblems,
-    ServeProcess,
-    DEEP_FRAMES,
-    build_synthetic_store,
-    build_young_store,
-    chromium_path,
+    browser,
     drag_select,
     event_bar_y,
+    finding_row,
     hottest_functions,
+    labels,
     matched_share,
     open_recording,
+    page,
     phase,
     query_of,
-    replay_into,
     save_screenshot,
+    scenario,
     selection,
-    sync_playwright,
+    synthetic,
     time_to_x,
     timeline_geometry,
     tooltip_text,
@@ -44,70 +42,16 @@ from conftest_ui import (
     view_of,
     wait_timeline,
     wait_view,
+    young,
     young_mfu,
 )
 
 pytestmark = pytest.mark.browser
 
-FIXTURE = Path(__file__).parent / "fixtures" / "h100-scenario"
 # Ground truth of the recording (its README): the class each phase must show.
 PHASE_CLASS = {"healthy": "memory_bound", "host_bound": "host_bound", "core_bound": "host_bound",
                "memory_bound": "memory_bound", "idle": "idle", "launch_bound": "launch_bound",
                "compute_bound": "compute_bound", "stall": "stall"}
-
-
-@pytest.fixture(scope="session")
-def labels() -> list[dict]:
-    return [json.loads(line) for line in (FIXTURE / "labels.jsonl").read_text().splitlines() if line.strip()]
-
-
-@pytest.fixture(scope="session")
-def scenario(tmp_path_factory):
-    db = tmp_path_factory.mktemp("ui-scenario") / "scenario.duckdb"
-    replay_into(FIXTURE, db)
-    server = ServeProcess(db)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def synthetic(tmp_path_factory):
-    db = tmp_path_factory.mktemp("ui-synthetic") / "synthetic.duckdb"
-    facts = build_synthetic_store(db)
-    server = ServeProcess(db)
-    server.facts = facts
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def young(tmp_path_factory):
-    db = tmp_path_factory.mktemp("ui-young") / "young.duckdb"
-    facts = build_young_store(db)
-    server = ServeProcess(db)
-    server.facts = facts
-    yield server
-    server.stop()
-
-
-# Module scope, not session: Playwright's sync API keeps its event loop marked as running
-# while it is started, which would break every asyncio test collected after this module.
-@pytest.fixture(scope="module")
-def browser():
-    executable = chromium_path()
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
-
-
-@pytest.fixture
-def page(browser):
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
-    pg = context.new_page()
-    pg.problems = PageProblems(pg)
-    yield pg
-    context.close()
 
 
 def test_timeline_shows_the_class_of_every_phase(page, scenario, labels):
@@ -199,7 +143,7 @@ def test_clicking_a_finding_selects_its_range_and_shows_its_code(page, scenario,
     overlap = [(min(e["end"], t1) - max(e["start"], t0), e) for e in events]
     ev = max(overlap, key=lambda x: x[0])[1]
     assert ev["kind"] == "cpu_gpu_gap"
-    page.locator(".finding").filter(has_text=ev["summary"]).first.click()
+    finding_row(page, ev["id"]).click()
     page.wait_for_function(f"() => Math.abs(+document.getElementById('flame-view').dataset.from - {ev['start']}) < 0.01 "
                            "&& document.getElementById('flame-view').dataset.state === 'ready'")
     q = query_of(page)
@@ -207,6 +151,15 @@ def test_clicking_a_finding_selects_its_range_and_shows_its_code(page, scenario,
     assert selection(page) == pytest.approx([ev["start"], ev["end"]], abs=1e-3)
     assert hottest_functions(page)[0] == ev["top_frames"][0]["frame"]
     assert page.locator(".finding.active").count() == 1
+    # filtered to the culprit's process and thread, over the finding's span
+    culprit = ev["evidence"]["culprit"]
+    assert q["pid"] == [str(culprit["pid"])] and q["tid"] == [str(culprit["tid"])]
+    assert page.input_value("#f-pid") == str(culprit["pid"]) and page.input_value("#f-tid") == str(culprit["tid"])
+    assert page.get_attribute("#flame-view", "data-tid") == str(culprit["tid"])
+    assert "the finding's culprit" in page.text_content("#flame-filter-who")
+    tree = scenario.get_json(f"/api/flamegraph?from={ev['start']}&to={ev['end']}&pid={culprit['pid']}"
+                             f"&tid={culprit['tid']}&waits=hide")
+    assert tree["total"] > 0 and float(page.get_attribute("#flame-view", "data-total")) == pytest.approx(tree["total"])
 
     # one click from the finding to "this period versus the baseline"
     page.locator(".finding.active").get_by_role("button", name="Compare with baseline").click()
@@ -343,7 +296,6 @@ def test_frame_names_are_rendered_as_text_and_run_nothing(page, synthetic):
     wait_timeline(page)
     wait_view(page, "flame")
     assert HOSTILE_FRAME in page.text_content("#findings-list")
-    assert "<script>alert(5)</script>" in page.text_content("#findings-list .evidence")
     assert HOSTILE_FRAME in hottest_functions(page) or HOSTILE_UNICODE in hottest_functions(page)
     assert page.input_value("#flame-search") == HOSTILE_FRAME
     assert page.text_content("#flame-search-result").startswith("1 frame")
@@ -363,6 +315,9 @@ def test_frame_names_are_rendered_as_text_and_run_nothing(page, synthetic):
     assert any("<svg onload=alert(3)>" in o for o in options)
     page.locator(".finding").first.click()
     wait_view(page, "flame")
+    # the evidence of the opened finding, its unknown keys in words, as text
+    assert "<script>alert(5)</script>" in page.text_content("#findings-list .evidence")
+    assert "<b>key</b>" in page.text_content("#findings-list .evidence")
     page.wait_for_timeout(300)
     injected = page.evaluate("""() => ({imgs: document.querySelectorAll('img, svg, iframe').length,
         handlers: document.querySelectorAll('[onerror], [onload]').length,

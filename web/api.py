@@ -10,6 +10,7 @@ from aiohttp import web
 from infersight.storage import events as q_events
 from infersight.storage import render, series, stacks
 from infersight.storage.model import GPU_SIGNALS
+from infersight.storage.waits import WAITS_MODES
 from infersight.web import engine_roof
 from infersight.web import params as p
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
@@ -74,8 +75,11 @@ async def processes(request: web.Request) -> web.Response:
 
 
 def _profile_filter(request: web.Request) -> stacks.ProfileFilter:
+    """pid, tid, role, active and ``waits`` (show: every sample, the default; hide: leave out
+    the pure waits, as the UI does by default; only: nothing else; storage/waits.py)."""
     return stacks.ProfileFilter(pids=p.integers(request, "pid"), tids=p.integers(request, "tid"),
-                                roles=p.strings(request, "role"), active=p.boolean(request, "active"))
+                                roles=p.strings(request, "role"), active=p.boolean(request, "active"),
+                                waits=p.choice(request, "waits", WAITS_MODES, "show"))
 
 
 # Exports keep the heaviest stacks within the JSON tree's node budget and at most this many

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -36,6 +37,7 @@ ENGINE_START_TIMEOUT_S = 120.0   # torch import and CUDA warm-up can take a whil
 ENGINE_STOP_TIMEOUT_S = 5.0
 DAEMON_STOP_TIMEOUT_S = 8.0
 DEMO_CPU_BUSY_PCT = 35.0
+STATUS_FILE = "engine.json"
 
 
 def demo_config(tmp: Path, listen: str, engine: dict[str, Any]) -> Config:
@@ -47,7 +49,10 @@ def demo_config(tmp: Path, listen: str, engine: dict[str, Any]) -> Config:
         "storage.flush_interval_s": 0.5,
         "web.listen": listen,
         "targets.pids": (int(engine["pid"]),),
-        "targets.cmdline_patterns": (),            # watch the demo engine, not other engines on this host
+        # watch this demo's engine, not other engines on this host; matched by its own status
+        # file's path, so discovery gives it the role a serving process of no known layout
+        # has (``engine``), not ``other`` (which reads like a neighbour's child)
+        "targets.cmdline_patterns": (re.escape(str(tmp / STATUS_FILE)),),
         "targets.use_nvml_processes": False,
         "collectors.engines.endpoints": (engine["metrics_url"],),
         "collectors.engines.autodiscover": False,
@@ -91,7 +96,7 @@ async def _demo(tmp: Path, listen: str, duration: float) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    status_path = tmp / "engine.json"
+    status_path = tmp / STATUS_FILE
     engine_proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "infersight.daemon.demo.engine", "--port", "0", "--phases", DEFAULT_PHASES,
         "--repeat", "--status-file", str(status_path), "--parent-pid", str(os.getpid()),

@@ -1,6 +1,6 @@
 """``infersight replay DIR``: analyse a recording with the live agent's parsers, store and analysis.
 
-The layout is that of shared/fixtures/h100-scenario/ (its README): ``processes.json``,
+The layout is that of tests/fixtures/h100-scenario/ (its README): ``processes.json``,
 ``gpu.jsonl``, ``engine_metrics.jsonl.gz``, ``stacks/PID.raw.jsonl.gz`` (1 s py-spy windows
 of active samples). Every record keeps the recording's own timestamps, and the analyzer is
 stepped through the recording with a clock that reads the recording's time, exactly as the

@@ -1,4 +1,4 @@
-"""A recording's ``gpu.jsonl`` (layout of shared/fixtures/h100-scenario/) as GPU records.
+"""A recording's ``gpu.jsonl`` (layout of tests/fixtures/h100-scenario/) as GPU records.
 
 Pure: lines in, records out, no I/O. The first line is ``{"info": {...}}``; every other line
 is one sample ``{"t", "util_gpu", ..., "pcie_tx_mib_s", "mem_used_mib", "gpu_pids", ...}``

@@ -63,8 +63,10 @@ export function renderHeader(s, extent) {
   for (const button of $("presets").querySelectorAll("button")) {
     button.setAttribute("aria-pressed", String(button.dataset.preset === active));
   }
-  $("refresh").value = String(s.refresh || 0);
-  if ($("refresh").value === "") $("refresh").value = "0";
+  const refresh = $("refresh");
+  const want = String(s.refresh || 0);
+  if (![...refresh.options].some((o) => o.value === want)) refresh.append(el("option", { value: want }, `${want} s`));
+  refresh.value = want;
   $("tz").textContent = s.tz === "utc" ? "UTC" : `Local (${tzLabel()})`;
   const [from, to] = viewRange(s);
   setChildren($("view-range"), `${fmtTime(from, true)} – ${fmtTime(to, to - from > 86400)} · ${fmtDur(to - from)}`);
@@ -96,8 +98,11 @@ export function renderSelection(s, data, clearBase) {
   } else setChildren(baseText, el("span", { class: "muted" }, "no baseline set"));
 }
 
-/** Plain-words notes where a part of the timeline has nothing to show. */
-export function renderNotes(data, gpuStatus, s) {
+// A live view whose newest stored data is older than this (and than 3 refresh periods) says so.
+const OLD_DATA_S = 30;
+
+/** Plain-words notes where a part of the timeline has nothing to show, or shows old data. */
+export function renderNotes(data, gpuStatus, s, readOnly = false, now = Date.now() / 1000) {
   const notes = [];
   const extent = data.extent;
   if (!extent || extent.from === null) {
@@ -107,6 +112,10 @@ export function renderNotes(data, gpuStatus, s) {
     const [from, to] = viewRange(s);
     if (extent.to < from || extent.from > to) {
       notes.push(["info", `No data in this range. Stored data spans ${fmtTime(extent.from, true)} – ${fmtTime(extent.to, true)}.`, "all"]);
+    } else if (s.live && now - extent.to > Math.max(OLD_DATA_S, 3 * (s.refresh || 0))) {
+      notes.push(["warn stale-data", `The newest stored data is ${fmtDur(now - extent.to)} old (${fmtTime(extent.to, true)}): `
+        + (readOnly ? "this is a stored database (infersight serve); nothing new arrives."
+          : "the agent has stopped storing new samples. The Health tab says which collector or the storage failed.")]);
     }
   }
   if (!data.gpus.length) {

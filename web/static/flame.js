@@ -17,7 +17,9 @@ export class FlameGraph {
    * @param canvas   the canvas to draw on (its parent's width is the graph's width)
    * @param tooltip  a Tooltip
    * @param options  describe(node, {value, total, parentValue}) -> tooltip children;
-   *                 colorFor(node) -> fill colour; onFocus(pathOfNames); rowHeight in CSS px
+   *                 colorFor(node) -> fill colour; onFocus(pathOfNames); onPick(node) on a
+   *                 shift+click; keepColorOnMatch: search dims the rest but leaves matches
+   *                 their own colour (the diff's); rowHeight in CSS px
    */
   constructor(canvas, tooltip, options = {}) {
     this.canvas = canvas;
@@ -25,6 +27,8 @@ export class FlameGraph {
     this.describe = options.describe || (() => []);
     this.colorFor = options.colorFor || ((node) => frameColor(node.name, node.file));
     this.onFocus = options.onFocus || (() => {});
+    this.onPick = options.onPick || null;
+    this.keepColorOnMatch = Boolean(options.keepColorOnMatch);
     this.rowH = options.rowHeight || 18;
     this.orientation = "icicle";
     this.n = 0;
@@ -102,6 +106,11 @@ export class FlameGraph {
     }
   }
 
+  /** The focused frame's node (the tree's root when nothing is zoomed). */
+  focusNode() {
+    return this.n ? this.nodes[this.focus] : null;
+  }
+
   /** Names from the root's child down to the focused frame. */
   focusNames() {
     return this.path.slice(1).map((i) => this.nodes[i].name);
@@ -142,8 +151,9 @@ export class FlameGraph {
 
   /**
    * Highlight frames whose function or file contains ``text`` (case-insensitive).
-   * Returns {frames, value, share}: matched frames, and the value and share of the total
-   * under them (a match inside another match is counted once).
+   * Returns {frames, value, share, outer}: matched frames, the value and share of the total
+   * under them (a match inside another match is counted once), and the outermost matched
+   * nodes (whose other fields a caller may sum).
    */
   setSearch(text) {
     const q = (text || "").trim().toLowerCase();
@@ -151,6 +161,7 @@ export class FlameGraph {
     this.matched.fill(0);
     let frames = 0;
     let value = 0;
+    const outer = [];
     if (this.searching) {
       let coveredUntil = 0;
       for (let i = 1; i < this.n; i++) {
@@ -160,13 +171,14 @@ export class FlameGraph {
           frames++;
           if (i >= coveredUntil) {
             value += this.value[i];
+            outer.push(this.nodes[i]);
             coveredUntil = this.next[i];
           }
         }
       }
     }
     this.render();
-    return { frames, value, share: this.total ? value / this.total : 0 };
+    return { frames, value, share: this.total ? value / this.total : 0, outer };
   }
 
   rowY(d) {
@@ -210,7 +222,8 @@ export class FlameGraph {
         }
       }
       const y = this.rowY(d);
-      const fill = d < fd ? SEARCH_DIM : this.searching ? (this.matched[i] ? SEARCH_MATCH : SEARCH_DIM) : this.color(i);
+      const matchFill = this.keepColorOnMatch ? this.color(i) : SEARCH_MATCH;
+      const fill = d < fd ? SEARCH_DIM : this.searching ? (this.matched[i] ? matchFill : SEARCH_DIM) : this.color(i);
       ctx.fillStyle = fill;
       ctx.fillRect(px, y, pw >= 2 ? pw - 1 : pw, h);
       if (pw >= LABEL_MIN_PX) this.label(ctx, i, px, y, pw, fill, charW);
@@ -316,6 +329,10 @@ export class FlameGraph {
   onClick(e) {
     const i = this.pointer(e);
     if (i < 0) return;
+    if (e.shiftKey && this.onPick && i !== 0) {
+      this.onPick(this.nodes[i]);
+      return;
+    }
     this.setFocus(i === this.focus && i !== 0 ? this.parent[i] : i);
   }
 

@@ -1,30 +1,35 @@
-// Boot and wiring: the state (in the URL) drives the timeline, the findings and the
-// flame graph / diff tabs; each reloads only when a key it depends on changes.
+// Boot and wiring: the state (in the URL) drives the timeline, the findings and the tabs
+// (flame graph, sandwich, diff, health); each reloads only when a key it depends on changes.
+// A live view refreshes itself (live.js).
 import { ApiError, getJson, Latest } from "./api.js";
 import { allRange, bindHeader, renderHeader, renderNotes, renderSelection } from "./controls.js";
 import { $, el, setChildren, setUtc } from "./dom.js";
 import { DiffPanel } from "./diff.js";
 import { FindingsPanel } from "./findings.js";
+import { HealthPanel } from "./health.js";
+import { LiveRefresh } from "./live.js";
 import { FlamePanel } from "./profile.js";
-import { parse, profileRange, setDataExtent, Store, viewRange } from "./state.js";
+import { SandwichPanel } from "./sandwich.js";
+import { parse, profileRange, setDataExtent, Store, TABS, viewRange } from "./state.js";
 import { renderSummary } from "./summary.js";
 import { Timeline } from "./timeline.js";
 import { Tooltip } from "./tooltip.js";
 
 const RANGE_KEYS = ["from", "to", "live"];
-const ANALYSIS_KEYS = ["sel", "base", "from", "to", "live", "pid", "tid", "role", "active", "weight", "gpu", "tab"];
+const ANALYSIS_KEYS = ["sel", "base", "from", "to", "live", "pid", "tid", "role", "waits", "weight", "gpu", "tab", "fn"];
 
 const store = new Store(parse(location.search));
 const tooltip = new Tooltip($("tooltip"));
 const timelineRequest = new Latest();
 let extent = null;
 let gpuStatus = null;
+let readOnly = false;
 let data = null;
 let events = [];
 let timelineTimer = null;
-let refreshTimer = null;
+let timelineLoads = 0;
 let booted = false;   // until boot() has settled the initial state, it loads everything itself
-const loadedKeys = { flame: null, diff: null };
+const loadedKeys = { flame: null, sandwich: null, diff: null, health: null };
 
 const timeline = new Timeline($("timeline"), tooltip, {
   onSelect: (range) => store.set({ sel: range, event: null, focus: null }, "push"),
@@ -33,14 +38,32 @@ const timeline = new Timeline($("timeline"), tooltip, {
   },
   onEvent: (ev) => openEvent(ev, "flame"),
 });
-const findings = new FindingsPanel({ onShow: (ev) => openEvent(ev, "flame"), onCompare: (ev) => openEvent(ev, "diff") });
-const flame = new FlamePanel(store, tooltip);
-const diff = new DiffPanel(store, tooltip);
+const findings = new FindingsPanel({
+  onShow: (ev) => openEvent(ev, "flame"),
+  onCompare: (ev) => openEvent(ev, "diff"),
+  onFilter: (patch) => store.set(patch),
+});
+const health = new HealthPanel({ open: () => store.set({ tab: "health" }, "push") });
+const flame = new FlamePanel(store, tooltip, { samplingProblem: () => health.samplingProblem() });
+const sandwich = new SandwichPanel(store, tooltip);
+const diff = new DiffPanel(store, tooltip, () => extent);
+const live = new LiveRefresh(store, {
+  refresh: refreshLive,
+  dragging: () => timeline.isDragging(),
+  resume: (preset) => store.set({ live: preset, from: null, to: null, sel: null, event: null, focus: null }, "push"),
+});
 
 function banner(message) {
   const node = $("banner");
   node.hidden = !message;
   setChildren(node, message || "");
+}
+
+/** A message that stays until dismissed (a stale link), unlike the banner of the last load. */
+function notice(message) {
+  const node = $("notice");
+  node.hidden = !message;
+  setChildren(node, message || "", message ? el("button", { type: "button", class: "btn ghost small", onclick: () => notice(null) }, "dismiss") : null);
 }
 
 /** A baseline for ``range``: the one set, unless it overlaps; else the same length just before. */
@@ -50,11 +73,19 @@ function baselineFor(range, base) {
   return [range[0] - d, range[0]];
 }
 
-/** Look at a finding: select its range and show its flame graph ("flame") or its diff ("diff"). */
+/**
+ * Look at a finding: select its range and show its flame graph ("flame") or its diff
+ * ("diff"), filtered to its culprit's process and thread when it names one. A stall's
+ * culprit waits, so a stall keeps the waits in view.
+ */
 function openEvent(ev, tab, history = "push") {
   const s = store.get();
   const [from, to] = viewRange(s);
-  const patch = { event: ev.id, sel: [ev.start, ev.end], focus: null, tab };
+  const culprit = (ev.evidence && ev.evidence.culprit) || null;
+  const patch = { event: ev.id, sel: [ev.start, ev.end], focus: null, tab,
+    pid: culprit && Number.isInteger(culprit.pid) ? culprit.pid : null,
+    tid: culprit && Number.isInteger(culprit.tid) && culprit.tid ? culprit.tid : null,
+    role: null, waits: ev.class === "stall" ? "show" : "hide" };
   if (ev.gpu !== null && ev.gpu !== undefined) patch.gpu = ev.gpu;
   if (tab === "diff") patch.base = baselineFor([ev.start, ev.end], s.base);
   const lo = Math.min(ev.start, patch.base ? patch.base[0] : ev.start);
@@ -75,6 +106,11 @@ function scheduleTimeline(delay = 120) {
   timelineTimer = setTimeout(loadTimeline, delay);
 }
 
+function findingsFilter(s) {
+  return { text: s.fq, kind: s.fkind };
+}
+
+/** Load the timeline and the findings of the view; true when they came. */
 async function loadTimeline() {
   const s = store.get();
   const [from, to] = viewRange(s);
@@ -95,20 +131,35 @@ async function loadTimeline() {
     timeline.setData(tl, events);
     renderSummary($("gpu-status"), $("legend"), tl, from, to);
     flame.setGpus(tl.gpus);
-    findings.render(events, store.get().event, Boolean(extent && extent.from !== null));
+    findings.render(events, store.get().event, Boolean(extent && extent.from !== null), findingsFilter(store.get()));
     renderAllNotes(tl, store.get());
     renderSelection(store.get(), data, clearBase);
     renderHeader(store.get(), extent);
     $("timeline").dataset.state = "ready";
+    $("timeline").dataset.loads = String(++timelineLoads);
+    live.loaded(true);
+    return true;
   } catch (err) {
-    if (err.name === "AbortError") return;
+    if (err.name === "AbortError") return false;
     $("timeline").dataset.state = "error";
     banner(err instanceof ApiError ? `Could not load the timeline: ${err.message}` : String(err));
+    live.loaded(false);
+    return false;
+  }
+}
+
+/** One tick of a live view: move the range to now and reload what it shows. */
+async function refreshLive() {
+  timeline.setView(...viewRange(store.get()));
+  const ok = await loadTimeline();
+  if (ok) {
+    loadAnalysis(true);
+    if (store.get().tab !== "health") health.load();
   }
 }
 
 function renderAllNotes(tl, s) {
-  const notes = renderNotes(tl, gpuStatus, s).map(([level, text, action]) => el("p", { class: `note ${level}` }, text,
+  const notes = renderNotes(tl, gpuStatus, s, readOnly).map(([level, text, action]) => el("p", { class: `note ${level}` }, text,
     action === "all" ? el("button", { type: "button", class: "btn small", onclick: () => store.set({ ...allRange(extent) }, "push") },
       "Show all stored data") : null));
   setChildren($("timeline-notes"), ...notes);
@@ -116,7 +167,8 @@ function renderAllNotes(tl, s) {
 
 function analysisKey(s, tab) {
   const range = profileRange(s).map((t) => Math.round(t * 1000) / 1000);
-  return JSON.stringify([range, s.pid, s.tid, s.role, s.active, s.weight, s.gpu, tab === "diff" ? s.base : null]);
+  return JSON.stringify([range, s.pid, s.tid, s.role, s.waits, s.weight, s.gpu, tab === "diff" ? s.base : null,
+    tab === "sandwich" ? s.fn : null]);
 }
 
 function loadAnalysis(force = false) {
@@ -125,29 +177,18 @@ function loadAnalysis(force = false) {
   if (!force && loadedKeys[s.tab] === key) return;
   loadedKeys[s.tab] = key;
   if (s.tab === "diff") diff.load();
+  else if (s.tab === "sandwich") sandwich.load();
+  else if (s.tab === "health") health.load();
   else flame.load();
 }
 
 function showTab(tab) {
-  $("flame-view").hidden = tab !== "flame";
-  $("diff-view").hidden = tab !== "diff";
+  for (const t of TABS) $(`${t}-view`).hidden = t !== tab;
   for (const b of document.querySelectorAll(".tabs [role=tab]")) b.setAttribute("aria-selected", String(b.dataset.tab === tab));
 }
 
 function clearBase() {
   store.set({ base: null }, "push");
-}
-
-function setupRefresh(s) {
-  clearInterval(refreshTimer);
-  refreshTimer = null;
-  if (!s.refresh) return;
-  refreshTimer = setInterval(() => {
-    const now = store.get();
-    if (now.live) timeline.setView(...viewRange(now));
-    loadTimeline();
-    if (now.live && !now.sel) loadAnalysis(true);
-  }, s.refresh * 1000);
 }
 
 function shift(fraction) {
@@ -191,6 +232,7 @@ function bindPage() {
       store.set({ sel: null, event: null }, "push");
     }
   });
+  document.addEventListener("visibilitychange", () => live.render());
   window.addEventListener("popstate", () => store.set(parse(location.search), "none"));
 }
 
@@ -201,22 +243,24 @@ store.subscribe((changed, s) => {
     if (data) {
       timeline.render();
       findings.signature = null;
-      findings.render(events, s.event, true);
+      findings.render(events, s.event, true, findingsFilter(s));
       renderSummary($("gpu-status"), $("legend"), data, ...viewRange(s));
     }
-    loadedKeys.flame = loadedKeys.diff = null;
+    for (const k of Object.keys(loadedKeys)) loadedKeys[k] = null;
   }
   if (RANGE_KEYS.some((k) => changed.has(k))) {
     timeline.setView(...viewRange(s));
     scheduleTimeline();
   }
-  if (changed.has("refresh") || changed.has("live")) setupRefresh(s);
+  live.update(s);
   timeline.setMarks({ sel: s.sel, base: s.base, eventId: s.event });
   if (changed.has("event")) {
     findings.markActive(s.event);
     timeline.render();
   }
+  if (changed.has("fq") || changed.has("fkind")) findings.render(events, s.event, true, findingsFilter(s));
   if (changed.has("tab")) showTab(s.tab);
+  if (changed.has("q")) diff.applySearch(s.q);
   renderSelection(s, data, clearBase);
   renderHeader(s, extent);
   flame.update(changed, s);
@@ -229,23 +273,25 @@ async function boot() {
   setUtc(s.tz === "utc");
   showTab(s.tab);
   try {
-    const [range, health, config, gpus] = await Promise.all([getJson("/api/range"), getJson("/api/health"),
+    const [range, h, config, gpus] = await Promise.all([getJson("/api/range"), health.load(),
       getJson("/api/config").catch(() => null), getJson("/api/gpus").catch(() => null)]);
     extent = range;
     setDataExtent(extent);
     gpuStatus = gpus;
+    readOnly = Boolean(h.health && h.health.storage && h.health.storage.read_only);
     if (config && config.host) setChildren($("host"), config.host);
     if (s.event && !s.sel) {
       try {
         openEvent(await getJson(`/api/events/${encodeURIComponent(s.event)}`), s.tab, "replace");
       } catch (err) {
-        banner(`The finding ${s.event} is not stored (any more): ${err.message}`);
+        notice(`The finding in this link (${s.event}) is not stored${err.status === 404 ? " any more: retention removed it, or it "
+          + "came from another agent" : `: ${err.message}`}. Showing the default view instead.`);
+        store.set({ event: null }, "replace");
       }
     }
     s = store.get();
     if (!s.live && s.from === null) {
-      const stored = health.storage && health.storage.read_only;
-      const patch = stored && extent.from !== null ? allRange(extent) : { live: "1h" };
+      const patch = readOnly && extent.from !== null ? allRange(extent) : { live: "1h" };
       store.set(patch, "replace");
     }
   } catch (err) {
@@ -257,7 +303,7 @@ async function boot() {
   timeline.setMarks({ sel: s.sel, base: s.base, eventId: s.event });
   renderHeader(s, extent);
   renderSelection(s, data, clearBase);
-  setupRefresh(s);
+  live.update(s);
   flame.update(new Set(["orient", "q"]), s);
   await loadTimeline();
   loadAnalysis(true);

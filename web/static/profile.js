@@ -1,4 +1,5 @@
-// The flame graph tab: filters, search, zoom breadcrumbs, the hottest functions and exports.
+// The flame graph tab: filters (pure waits hidden by default), search, zoom breadcrumbs, the
+// hottest functions of the zoomed frame and exports.
 import { download, getJson, Latest, saveBlob } from "./api.js";
 import { $, el, fmtNum, fmtPct, fmtTime, setChildren } from "./dom.js";
 import { FlameGraph } from "./flame.js";
@@ -6,14 +7,16 @@ import { profileRange } from "./state.js";
 
 /**
  * Self value per function (name, file) and its inclusive value counted once per stack (a
- * recursive function's inner calls are not counted again). Walks with an explicit stack:
- * start-up stacks are hundreds of frames deep.
+ * recursive function's inner calls are not counted again), under ``tree`` (with ``tree``
+ * itself when ``withRoot``: a zoomed frame). Walks with an explicit stack: start-up stacks
+ * are hundreds of frames deep.
  */
-export function hottest(tree, limit = 12) {
+export function hottest(tree, limit = 12, withRoot = false) {
   const byFn = new Map();
   const open = new Map();   // key -> how many frames of that function are on the current path
   const stack = [];
-  for (let k = (tree.children || []).length - 1; k >= 0; k--) stack.push([tree.children[k], false]);
+  if (withRoot) stack.push([tree, false]);
+  else for (let k = (tree.children || []).length - 1; k >= 0; k--) stack.push([tree.children[k], false]);
   while (stack.length) {
     const [node, leaving] = stack.pop();
     const key = `${node.name}\u0000${node.file || ""}`;
@@ -40,19 +43,24 @@ export function hottest(tree, limit = 12) {
 }
 
 export function filterParams(s) {
-  return { pid: s.pid, tid: s.tid, role: s.role, active: s.active, weight: s.weight,
+  return { pid: s.pid, tid: s.tid, role: s.role, waits: s.waits, weight: s.weight,
     gpu: s.weight === "gpu_idle" ? s.gpu : null };
 }
 
+const WAITS_WORDS = { hide: "Pure waits hidden", show: "Waits shown", only: "Only waits shown" };
+
 export class FlamePanel {
-  constructor(store, tooltip) {
+  /** ``hints.samplingProblem()``: why py-spy has no samples (health.js), or null. */
+  constructor(store, tooltip, hints = {}) {
     this.store = store;
+    this.hints = hints;
     this.view = $("flame-view");
     this.latest = new Latest();
     this.tree = null;
     this.graph = new FlameGraph($("flame-canvas"), tooltip, {
       describe: (node, info) => this.describe(node, info),
       onFocus: (names) => this.store.set({ focus: names.length ? names : null }),
+      onPick: (node) => this.store.set({ tab: "sandwich", fn: [node.name, node.file || ""] }, "push"),
     });
     this.bindControls();
   }
@@ -63,7 +71,7 @@ export class FlamePanel {
     $("f-pid").addEventListener("change", set("pid", intOrNull));
     $("f-tid").addEventListener("change", set("tid", intOrNull));
     $("f-role").addEventListener("change", set("role", (v) => v || null));
-    $("f-active").addEventListener("change", set("active", (v) => v || null));
+    $("f-waits").addEventListener("change", set("waits", (v) => v));
     $("f-weight").addEventListener("change", set("weight", (v) => v));
     $("f-gpu").addEventListener("change", set("gpu", intOrNull));
     $("f-orient").addEventListener("click", () => {
@@ -104,6 +112,7 @@ export class FlamePanel {
         getJson("/api/flamegraph", { from, to, ...filterParams(s) }, signal),
       ]);
       this.fillFilters(threads.threads, s);
+      this.renderFilterNote(s, threads.threads);
       this.show(tree, s, [from, to]);
     } catch (err) {
       if (err.name === "AbortError") return;
@@ -111,12 +120,28 @@ export class FlamePanel {
     }
   }
 
-  setStatus(state, message) {
+  setStatus(state, message, ...more) {
     this.view.dataset.state = state;
     const empty = $("flame-empty");
     empty.hidden = !message;
-    setChildren(empty, message || "");
+    setChildren(empty, message || "", ...more);
     $("flame-body").hidden = Boolean(message);
+  }
+
+  /** The filters in force, in words, each with one click to lift it. */
+  renderFilterNote(s, threads) {
+    const parts = [];
+    const lift = (label, patch) => el("button", { type: "button", class: "btn ghost small", onclick: () => this.store.set(patch, "push") }, label);
+    if (s.pid !== null || s.tid !== null || s.role) {
+      const t = (threads || []).find((x) => x.tid === s.tid && (s.pid === null || x.pid === s.pid));
+      const what = [s.role ? `role ${s.role}` : null, s.pid !== null ? `pid ${s.pid}` : null,
+        s.tid !== null ? `thread ${t && t.name ? `${t.name} (${s.tid})` : s.tid}` : null].filter(Boolean).join(", ");
+      parts.push(el("span", { class: "filter-chip", id: "flame-filter-who" }, `Only ${what}${s.event ? " (the finding's culprit)" : ""}`,
+        lift("show all", { pid: null, tid: null, role: null })));
+    }
+    parts.push(el("span", { class: "filter-chip", id: "flame-filter-waits" }, WAITS_WORDS[s.waits],
+      s.waits === "hide" ? lift("show waits", { waits: "show" }) : lift("hide waits", { waits: "hide" })));
+    setChildren($("flame-filters"), ...parts);
   }
 
   show(tree, s, range) {
@@ -124,6 +149,7 @@ export class FlamePanel {
     this.loadedRange = range;
     this.view.dataset.from = String(range[0]);
     this.view.dataset.to = String(range[1]);
+    Object.assign(this.view.dataset, { total: String(tree.total), waits: s.waits, pid: String(s.pid ?? ""), tid: String(s.tid ?? "") });
     const unit = s.weight === "gpu_idle" ? "GPU-idle-weighted samples" : "samples";
     setChildren($("flame-range"), `${fmtTime(range[0], true)} – ${fmtTime(range[1])}`,
       el("span", { class: "muted" }, ` · ${fmtNum(tree.total)} ${unit}`));
@@ -131,8 +157,11 @@ export class FlamePanel {
       const why = s.weight === "gpu_idle"
         ? "No samples in this range weigh anything: the GPU was busy the whole time, or no GPU data was stored."
         : "No samples in this range. The sampler records only the serving processes it profiles while they run on the CPU; pick another range or clear the filters.";
+      const problem = this.hints.samplingProblem ? this.hints.samplingProblem() : null;
+      const waits = s.waits === "hide" ? " Pure waits are hidden: “show waits” shows them." : "";
       this.graph.setTree({ name: "all", value: 0, children: [] });
-      this.setStatus("empty", why);
+      this.setStatus("empty", why + waits, problem ? el("p", { class: "note warn", id: "flame-sampling-problem" },
+        el("strong", {}, problem.what), `: ${problem.detail}`, problem.fix ? ` Fix: ${problem.fix}` : "") : null);
       setChildren($("flame-hot"));
       return;
     }
@@ -156,10 +185,11 @@ export class FlamePanel {
       $("f-orient").textContent = s.orient === "icicle" ? "Icicle ↓" : "Flame ↑";
     }
     if (changed.has("q")) this.applySearch(s.q);
-    if (changed.has("focus") && this.tree) {
+    if (changed.has("focus") && this.tree && this.tree.total > 0) {
       const now = JSON.stringify(this.graph.focusNames());
       if (now !== JSON.stringify(s.focus || [])) this.graph.setFocusNames(s.focus);
       this.renderCrumbs();
+      this.renderHottest(this.tree);
     }
   }
 
@@ -185,12 +215,22 @@ export class FlamePanel {
     $("flame-reset").hidden = chain.length <= 1;
   }
 
+  /** The hottest functions of the zoomed frame (the whole profile when nothing is zoomed),
+   * as shares of that frame. */
   renderHottest(tree) {
-    const rows = hottest(tree).map((h) => el("tr", { class: "hot-row", title: "click to highlight in the flame graph",
+    const focus = this.graph.focusNode() || tree;
+    const zoomed = focus !== tree;
+    const base = focus.value || 1;
+    const rows = hottest(focus, 12, zoomed).map((h) => el("tr", { class: "hot-row", title: "click to highlight in the flame graph",
       onclick: () => this.store.set({ q: h.name }) },
     el("td", { class: "fn" }, el("div", { class: "fn-name" }, h.name), el("div", { class: "fn-file" }, h.file ? `${h.file}:${h.line}` : "")),
-    el("td", { class: "num" }, fmtPct(h.self / tree.total)), el("td", { class: "num muted" }, fmtPct(h.total / tree.total))));
+    el("td", { class: "num" }, fmtPct(h.self / base)), el("td", { class: "num muted" }, fmtPct(h.total / base)),
+    el("td", { class: "num" }, el("button", { type: "button", class: "btn ghost small hot-sandwich", title: "sandwich: its callers and callees",
+      onclick: (e) => { e.stopPropagation(); this.store.set({ tab: "sandwich", fn: [h.name, h.file] }, "push"); } }, "⇅"))));
     setChildren($("flame-hot"), ...rows);
+    const head = $("flame-hot-scope");
+    head.dataset.scope = zoomed ? focus.name : "";
+    setChildren(head, zoomed ? ["in ", el("span", { class: "mono" }, focus.name), ` (${fmtPct(focus.value / tree.total)} of all)`] : "in the whole range");
   }
 
   fillFilters(threads, s) {
@@ -204,7 +244,7 @@ export class FlamePanel {
     options($("f-role"), [["", "all roles"], ...[...roles].sort().map((r) => [r, r])], s.role);
     const shown = threads.filter((t) => s.pid === null || t.pid === s.pid).slice(0, 300);
     options($("f-tid"), [["", "all threads"], ...shown.map((t) => [String(t.tid), `${t.name || "?"} (${t.tid}) · ${fmtNum(t.samples)}`])], s.tid);
-    $("f-active").value = s.active || "";
+    $("f-waits").value = s.waits;
     $("f-weight").value = s.weight;
     this.fillGpus(s);
   }
@@ -228,7 +268,7 @@ export class FlamePanel {
       el("div", { class: "tt-row" }, el("span", { class: "tt-label" }, unit), el("span", { class: "tt-value" }, fmtNum(info.value))),
       el("div", { class: "tt-row" }, el("span", { class: "tt-label" }, "of total"), el("span", { class: "tt-value" }, fmtPct(info.value / info.total))),
       el("div", { class: "tt-row" }, el("span", { class: "tt-label" }, "of parent"), el("span", { class: "tt-value" }, fmtPct(info.value / info.parentValue))),
-      el("div", { class: "tt-muted" }, "click to zoom")];
+      el("div", { class: "tt-muted" }, "click to zoom · shift+click: callers and callees")];
   }
 }
 

@@ -3,23 +3,30 @@
 //
 //   from, to     the timeline's range (absent when `live` is set)
 //   live         5m | 1h | 24h: a range ending now, moved forward by auto-refresh
-//   refresh      auto-refresh period in seconds (0 or absent: off)
+//   refresh      auto-refresh period in seconds (absent: DEFAULT_REFRESH_S; 0: off)
 //   sel          selected range "FROM-TO": what the flame graph shows and the diff compares
 //   base         baseline range "FROM-TO" for the diff
 //   gpu          GPU index for GPU-idle weighting (absent: mean over all GPUs)
-//   tab          flame | diff
-//   q            flame graph search text
-//   pid, tid, role, active (1|0), weight (samples|gpu_idle), orient (icicle|flame)
+//   tab          flame | sandwich | diff | health
+//   q            search text of the flame graph and the diff
+//   pid, tid, role, weight (samples|gpu_idle), orient (icicle|flame)
+//   waits        hide (absent) | show | only: the pure waits of the flame graph and diff
+//                (idle samples and wait leaves, storage/waits.py); old links' active=1|0
+//                read as hide|only
 //   focus        JSON array of frame names from the root: the zoomed-in frame
+//   fn           JSON [function, file]: the sandwich view's function
+//   fq, fkind    the findings list's filter text and kind
 //   event        id of the finding being looked at
 //   tz           utc (absent: the browser's local time)
 
 export const LIVE_SPANS = { "5m": 300, "1h": 3600, "24h": 86400 };
+export const DEFAULT_REFRESH_S = 10;
+export const TABS = ["flame", "sandwich", "diff", "health"];
 
 const DEFAULTS = {
-  from: null, to: null, live: null, refresh: 0, sel: null, base: null, gpu: null, tab: "flame", q: "",
-  pid: null, tid: null, role: null, active: null, weight: "samples", orient: "icicle", focus: null,
-  event: null, tz: "local",
+  from: null, to: null, live: null, refresh: DEFAULT_REFRESH_S, sel: null, base: null, gpu: null, tab: "flame", q: "",
+  pid: null, tid: null, role: null, waits: "hide", weight: "samples", orient: "icicle", focus: null, fn: null,
+  fq: "", fkind: null, event: null, tz: "local",
 };
 
 function num(v) {
@@ -45,6 +52,16 @@ function oneOf(v, options, fallback) {
   return options.includes(v) ? v : fallback;
 }
 
+function fnKey(v) {
+  if (!v) return null;
+  try {
+    const key = JSON.parse(v);
+    return Array.isArray(key) && key.length === 2 && key.every((x) => typeof x === "string") ? key : null;
+  } catch {
+    return null;
+  }
+}
+
 function focusPath(v) {
   if (!v) return null;
   try {
@@ -63,19 +80,23 @@ export function parse(search) {
   s.to = num(q.get("to"));
   if (s.from === null || s.to === null || s.to <= s.from) s.from = s.to = null;
   s.live = oneOf(q.get("live"), Object.keys(LIVE_SPANS), null);
-  s.refresh = Math.max(0, int(q.get("refresh")) || 0);
+  s.refresh = q.has("refresh") ? Math.max(0, int(q.get("refresh")) || 0) : DEFAULT_REFRESH_S;
   s.sel = range(q.get("sel"));
   s.base = range(q.get("base"));
   s.gpu = int(q.get("gpu"));
-  s.tab = oneOf(q.get("tab"), ["flame", "diff"], "flame");
+  s.tab = oneOf(q.get("tab"), TABS, "flame");
   s.q = (q.get("q") || "").slice(0, 200);
   s.pid = int(q.get("pid"));
   s.tid = int(q.get("tid"));
   s.role = q.get("role") || null;
-  s.active = oneOf(q.get("active"), ["1", "0"], null);
+  const legacy = { 1: "hide", 0: "only" }[q.get("active")] || "hide";
+  s.waits = oneOf(q.get("waits"), ["hide", "show", "only"], legacy);
   s.weight = oneOf(q.get("weight"), ["samples", "gpu_idle"], "samples");
   s.orient = oneOf(q.get("orient"), ["icicle", "flame"], "icicle");
   s.focus = focusPath(q.get("focus"));
+  s.fn = fnKey(q.get("fn"));
+  s.fq = (q.get("fq") || "").slice(0, 200);
+  s.fkind = q.get("fkind") || null;
   s.event = q.get("event") || null;
   s.tz = oneOf(q.get("tz"), ["utc", "local"], "local");
   return s;
@@ -92,7 +113,7 @@ export function serialize(s) {
     q.set("from", fixed(s.from));
     q.set("to", fixed(s.to));
   }
-  if (s.refresh) q.set("refresh", String(s.refresh));
+  if (s.refresh !== DEFAULT_REFRESH_S) q.set("refresh", String(s.refresh || 0));
   if (s.sel) q.set("sel", rangeText(s.sel));
   if (s.base) q.set("base", rangeText(s.base));
   if (s.gpu !== null) q.set("gpu", String(s.gpu));
@@ -101,10 +122,13 @@ export function serialize(s) {
   if (s.pid !== null) q.set("pid", String(s.pid));
   if (s.tid !== null) q.set("tid", String(s.tid));
   if (s.role) q.set("role", s.role);
-  if (s.active !== null) q.set("active", s.active);
+  if (s.waits !== "hide") q.set("waits", s.waits);
   if (s.weight !== "samples") q.set("weight", s.weight);
   if (s.orient !== "icicle") q.set("orient", s.orient);
   if (s.focus && s.focus.length) q.set("focus", JSON.stringify(s.focus));
+  if (s.fn) q.set("fn", JSON.stringify(s.fn));
+  if (s.fq) q.set("fq", s.fq);
+  if (s.fkind) q.set("fkind", s.fkind);
   if (s.event) q.set("event", s.event);
   if (s.tz === "utc") q.set("tz", "utc");
   return q.toString();

@@ -47,6 +47,11 @@ export class Timeline {
     this.render();
   }
 
+  /** Whether the user is dragging (selecting or panning) right now. */
+  isDragging() {
+    return Boolean(this.drag);
+  }
+
   setMarks(marks) {
     this.marks = { ...this.marks, ...marks };
     this.drawOverlay();
