@@ -4,9 +4,8 @@ socket wait, an idle pool worker, a sleep).
 
 Pure pattern data and two small predicates, no SQL: the flame graph's ``waits`` filter
 (storage/stacks.py) hides or keeps these stacks, together with the samples py-spy found
-idle. The patterns are the analysis's ``WAIT_LEAF`` (daemon/analysis/threads.py); a test
-(tests/test_waits_filter.py) keeps the two identical until the analysis imports them from
-here. GPU waits (``torch.cuda.synchronize``) and collective waits are not in it: they say
+idle. The analysis (daemon/analysis/threads.py) splits a thread's samples with the same
+patterns: a wait here is never a culprit there. GPU waits (``torch.cuda.synchronize``) and collective waits are not in it: they say
 what the GPU or the other ranks did, which a person reading a flame graph wants to see.
 """
 from __future__ import annotations

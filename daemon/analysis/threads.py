@@ -28,16 +28,10 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from infersight.storage.thread_stacks import Frame, ThreadSecond
+from infersight.storage.waits import WAIT_LEAF
 
-# leaf ``file:function`` of frames where a thread waits for something other than the GPU
-WAIT_LEAF = re.compile("|".join((
-    r"asyncio/runners\.py:Runner\.run$", r"asyncio/base_events\.py:.*(run_forever|_run_once|select)",
-    r"uvloop/.*:run$", r"selectors\.py:", r"threading\.py:(Condition|Event|Semaphore|Barrier)\.wait",
-    r"threading\.py:Thread\.join", r"threading\.py:_wait_for_tstate_lock", r"queue\.py:.*\.get$",
-    r"concurrent/futures/.*:(_worker|wait|result)$", r"multiprocessing/(connection|queues|synchronize)\.py:",
-    r"multiprocessing/popen_\w+\.py:.*wait", r"zmq/.*:(poll|recv\w*|_recv\w*)$", r"socket\.py:.*(accept|recv)",
-    r"ssl\.py:.*(read|recv)", r"time:sleep$", r"subprocess\.py:.*(wait|communicate)",
-)))
+# WAIT_LEAF (leaf ``file:function`` of frames where a thread waits for something other than the GPU)
+# lives with the flame graph's waits filter, which hides the same stacks
 # ``file:function`` of explicit GPU synchronisation (library code, stable names)
 GPU_WAIT_LEAF = re.compile("|".join((
     r"torch/cuda/__init__\.py:synchronize$", r"torch/cuda/streams\.py:(Stream|Event)\.(synchronize|wait)",
