@@ -38,6 +38,9 @@ class CollectorStatus:
     errors_reported: int = 0         # per-item errors inside successful runs
     last_item_errors: list[str] = field(default_factory=list)
     batches_dropped: int = 0
+    # runs not started because the last was still running at the next slot (a slow run on a
+    # busy host): counted here instead of the scheduler's warning line every time
+    overruns: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -46,7 +49,7 @@ class CollectorStatus:
             "duration_s": None if self.duration_s is None else round(self.duration_s, 6),
             "runs": self.runs, "failures": self.failures, "interval_s": self.interval_s,
             "item_errors": self.errors_reported, "recent_item_errors": self.last_item_errors[-5:],
-            "batches_dropped": self.batches_dropped,
+            "batches_dropped": self.batches_dropped, "overruns": self.overruns,
         }
 
 
