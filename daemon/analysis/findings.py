@@ -106,6 +106,7 @@ def neighbour_event(host: str, gpu: int, v: Verdict, foreign: list[dict], compar
     summary = (f"GPU {gpu} shared for {duration_text(v.end - start)}: " + name_processes(foreign) + served + effect)
     evidence = {**episode_evidence(v, start), "foreign_processes": foreign,
                 "comparison": comparison.evidence() if comparison is not None else None,
+                "activity_rises": comparison.rises() if comparison is not None else {},
                 "sm_util_mean": _r(v.means.get("sm")), "tensor_util_mean": _r(v.means.get("tensor"))}
     return Event(id=f"noisy_neighbor:{host}:{gpu}:{start}", kind="noisy_neighbor", start=float(start),
                  end=float(v.end), host=host, gpu=gpu, severity="warning", klass=v.klass, summary=summary,
@@ -119,6 +120,7 @@ def mismatch_event(host: str, gpu: int, v: Verdict, comparison: Comparison, pres
     summary = (f"GPU {gpu} busy without more throughput for {duration_text(v.end - start)}" + comparison.text()
                + name_foreign(present))
     evidence = {**episode_evidence(v, start), "comparison": comparison.evidence(), "foreign_processes": present,
+                "activity_rises": comparison.rises(),
                 "tokens_per_s": _r(comparison.now.get("tokens_s")),
                 "baseline_tokens_per_s": _r(comparison.base.get("tokens_s"))}
     return Event(id=f"util_throughput_mismatch:{host}:{gpu}:{start}", kind="util_throughput_mismatch",

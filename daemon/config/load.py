@@ -235,7 +235,7 @@ class AnalysisConfig:
                                              "recording does not allow (bench/real_engine/margins.py)", min=0, max=100)
     episode_min_s: int = opt(5, "an episode (a stretch of one workload) lasts at least this long, and a change "
                              "is confirmed this many seconds after it happened (seconds)", min=2, max=60)
-    episode_max_s: int = opt(600, "an episode still open after this long is closed and continued by the next "
+    episode_max_s: int = opt(300, "an episode still open after this long is closed and continued by the next "
                              "(its findings go on under one id): bounds the analysis's memory (seconds)",
                              min=60, max=7200)
     episode_load_log2: float = opt(0.8, "a change of the requests in flight (or at the front end) ends an episode "

@@ -42,6 +42,13 @@ const beforeAfter = (m) => Object.entries(m || {}).map(([k, v]) => `${words(k)} 
 const rises = (m) => Object.entries(m || {}).map(([k, v]) => `${words(k).replace(/ util$/, "")} ${pct(v.baseline)} → ${pct(v.now)}`).join(", ") || "–";
 const period = (r) => (r && Number.isFinite(r.from) ? `${fmtTime(r.from, true)} – ${fmtTime(r.to)}` : "–");
 const changes = (list) => (list || []).slice(0, 4).map((c) => `${c.name} ${share(c.a_share)} → ${share(c.b_share)}`).join(", ") || "–";
+const comparison = (c) => (c && c.now && c.baseline ? `tokens/s per request ${fmtNum(c.baseline.per_request)} → ${fmtNum(c.now.per_request)}`
+  + ` (${pct((c.per_request_ratio - 1) * 100).replace(/^(?!-)/, "+")}) at the same load (${fmtNum(c.now.load)} vs ${fmtNum(c.baseline.load)} requests in flight),`
+  + ` against ${fmtTime(c.baseline_start, true)} – ${fmtTime(c.baseline_end)}` : "no earlier episode at the same load");
+const throttle = (t) => (t ? `${t.decided_by === "queueing" ? "where the requests queue" : "CPU alone (no queue figures)"}`
+  + `${Number.isFinite(t.front_end_share) ? `: the front end holds ${share(t.front_end_share)} of the requests in flight` : ""}`
+  + `${(t.order || []).length ? `; ${(t.order || []).map((p) => `${String(p.role).replace(/_/g, " ")} pid ${p.pid} ${coreShare(p.own_cpu_pct)}`).join(", then ")}` : ""}` : "–");
+const episode = (e) => (e && Number.isFinite(e.start) ? `${classLabel(e["class"])}, ${fmtTime(e.start, true)} – ${fmtTime(e.end)} (${seconds(e.end - e.start)})` : "–");
 const ranks = (list) => (list || []).slice(0, 8).map((r) => `GPU ${r.gpu}${r.pid ? ` pid ${r.pid}` : ""}`).join(", ") || "–";
 
 /** key -> [label, format(value)]. Order here is the order shown. */
@@ -63,6 +70,9 @@ export const EVIDENCE = {
   sm_util: ["SM activity", pct],
   baseline_sm_util: ["SM activity before", pct],
   activity_rises: ["GPU activity rose", rises],
+  comparison: ["Against the same load before", comparison],
+  throttle: ["Throttle decided by", throttle],
+  episode: ["Episode", episode],
   latency_s_per_token: ["Time per token per request", latency],
   baseline_latency_s_per_token: ["Time per token per request before", latency],
   foreign_processes: ["Other processes on the GPU", foreign],
@@ -113,7 +123,7 @@ export function generic(value, depth = 0) {
 }
 
 // keys whose empty value still says something ("no other process on the GPU")
-const SAY_EMPTY = new Set(["foreign_processes", "culprit"]);
+const SAY_EMPTY = new Set(["foreign_processes", "culprit", "comparison"]);
 
 function empty(value) {
   return value === null || value === undefined || (typeof value === "object" && !Object.keys(value).length);
