@@ -55,7 +55,7 @@ MAX_CATCH_UP_S = 3600        # one tick analyses at most this much (a restart af
 # every table into Python at a time, and the heap it grew (about 50 MB) stayed with the process;
 # the per-second GROUP BYs of a longer piece grow DuckDB hash tables whose pages stay mapped too
 STEP_MAX_S = 60
-TICK_MAX_S = 60              # the daemon's step covers at most this much new data (its own thread)
+TICK_MAX_S = 30              # the daemon's step covers at most this much new data (its own thread)
 LATE_FACTOR = 2.0            # a step that begins this many intervals after the last one is late
 ENGINE_MAP_WAIT_S = 5.0
 CLOSE_WAIT_S = 10.0

@@ -58,8 +58,24 @@ def startup_share(stacks: dict[tuple[Frame, ...], int]) -> float:
     total = sum(stacks.values())
     if not total:
         return 0.0
-    hit = sum(n for path, n in stacks.items() if any(_is_startup(frame) for frame in path))
+    hit = sum(n for path, n in stacks.items() if _is_startup_stack(path))
     return hit / total
+
+
+_STACK_CACHE_MAX = 50_000
+_stack_cache: dict[tuple[Frame, ...], bool] = {}
+
+
+def _is_startup_stack(path: tuple[Frame, ...]) -> bool:
+    """Whether any frame of ``path`` is start-up code, remembered per stack (the same stacks
+    come back every second; cleared when it holds ``_STACK_CACHE_MAX``)."""
+    hit = _stack_cache.get(path)
+    if hit is None:
+        hit = any(_is_startup(frame) for frame in path)
+        if len(_stack_cache) >= _STACK_CACHE_MAX:
+            _stack_cache.clear()
+        _stack_cache[path] = hit
+    return hit
 
 
 def _is_startup(frame: Frame) -> bool:

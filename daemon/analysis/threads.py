@@ -199,16 +199,38 @@ def split_process(pid: int, threads: list[ThreadSecond], gpu_waits: frozenset[st
 def sample_kind(path: tuple[Frame, ...], gpu_waits: frozenset[str]) -> str:
     """What an active sample with stack ``path`` was doing: ``own`` work, ``wait``,
     ``gpu_wait`` or ``collective`` (the order of the tests is split_process's contract)."""
-    key = leaf_key(path)
-    if GPU_WAIT_LEAF.search(key):
-        return "gpu_wait"
-    if is_collective(path):
-        return "collective"
+    kind, key = _static_kind(path)
+    if kind == "collective" or kind == "gpu_wait":
+        return kind
     if key in gpu_waits:
         return "gpu_wait"
-    if is_wait(path):
-        return "wait"
-    return "own"
+    return kind
+
+
+# what the patterns say of a stack never changes: remembered per stack (a serving thread runs
+# a few hundred distinct stacks, each seen every second); cleared when it holds this many
+_KIND_CACHE_MAX = 50_000
+_kind_cache: dict[tuple[Frame, ...], tuple[str, str]] = {}
+
+
+def _static_kind(path: tuple[Frame, ...]) -> tuple[str, str]:
+    """(kind by the patterns alone: gpu_wait, collective, wait or own; the leaf key)."""
+    hit = _kind_cache.get(path)
+    if hit is not None:
+        return hit
+    key = leaf_key(path)
+    if GPU_WAIT_LEAF.search(key):
+        kind = "gpu_wait"
+    elif is_collective(path):
+        kind = "collective"
+    elif is_wait(path):
+        kind = "wait"
+    else:
+        kind = "own"
+    if len(_kind_cache) >= _KIND_CACHE_MAX:
+        _kind_cache.clear()
+    _kind_cache[path] = (kind, key)
+    return kind, key
 
 
 def own_stacks(stacks: dict[tuple[Frame, ...], int], gpu_waits: frozenset[str]) -> dict[tuple[Frame, ...], int]:
