@@ -164,7 +164,11 @@ class Daemon:
         app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await app_runner.setup()
         site = web.TCPSite(app_runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a name that does not resolve, an address not on this host, a port in use
+            await app_runner.cleanup()
+            raise OSError(exc.errno, f"web.listen {self.config.web.listen}: {exc.strerror or exc}") from None
         bound = app_runner.addresses[0] if app_runner.addresses else (host, port)
         shown_host = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
         self.site_url = f"http://{shown_host}:{bound[1]}"

@@ -8,6 +8,7 @@ with the key path (``storage.retention_hours: expected a positive number, got "x
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import socket
 import tomllib
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infersight.daemon.config.fields import ConfigError, check_value, opt, shown
+from infersight.daemon.config.fields import ConfigError, check_value, is_host_name, opt, shown
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,14 @@ class StorageConfig:
                                               "(MiB)", min=32)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def store_options(storage: StorageConfig) -> dict:
     """Keyword arguments of ``Store.open`` that come from the config (all but path and host)."""
     return {"queue_max_batches": storage.queue_max_batches, "flush_interval_s": storage.flush_interval_s,
@@ -56,6 +65,16 @@ class WebConfig:
     auth_token: str = opt("", "bearer token required on every request when set (secret)", secret=True)
     allow_unauthenticated: bool = opt(False, "allow a non-loopback listen address without auth_token")
     external_url: str = opt("", "base URL people reach the UI at, used in webhook links; empty means http://listen")
+    allowed_hosts: tuple[str, ...] = opt((), "extra names the agent answers to in the Host header while "
+                                         "auth_token is empty (DNS aliases, a reverse proxy's name). Loopback, "
+                                         "localhost, IP literals, the host name, the listen name and "
+                                         "external_url's are always allowed; other names get 421, so a web page "
+                                         "cannot read the API through DNS rebinding")
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.allowed_hosts):
+            if not (is_host_name(name) or _is_ip(name.strip("[]"))):
+                raise ConfigError(f"allowed_hosts[{i}]: expected a host name, got {shown(name)}")
 
 
 @dataclass(frozen=True)
