@@ -172,10 +172,10 @@ def test_ui_link_format():
     base = formats.base_url("", "127.0.0.1:8321")
     assert base == "http://127.0.0.1:8321"
     assert ui_link(base, 1000.4, 1900.2, 3, "cpu_gpu_gap:h:3:1000") == \
-        "http://127.0.0.1:8321/#from=700&to=2201&gpu=3&event=cpu_gpu_gap%3Ah%3A3%3A1000"
+        "http://127.0.0.1:8321/?from=700&to=2201&gpu=3&event=cpu_gpu_gap%3Ah%3A3%3A1000"
     assert formats.base_url("https://ui.example.com/infersight/", "0.0.0.0:1") == "https://ui.example.com/infersight"
     assert ui_link("https://x", 10, 20, None, "regression:h:0") == \
-        "https://x/#from=-290&to=320&event=regression%3Ah%3A0"
+        "https://x/?from=-290&to=320&event=regression%3Ah%3A0"
 
 
 # -- limits hold whatever the finding says ---------------------------------------------------------

@@ -69,13 +69,14 @@ def base_url(external_url: str, listen: str) -> str:
 def ui_link(base: str, start: float, end: float, gpu: int | None, event_id: str) -> str:
     """The UI showing a finding: its range widened by LINK_MARGIN_S, its GPU and the event.
 
-    The one place that knows the UI's hash-state format.
+    The one place that knows the UI's state format: the query string web/static/state.js
+    parses (``?from=&to=&gpu=&event=``; the UI then opens the event, its range and flame graph).
     """
     params = [("from", str(int(math.floor(start)) - LINK_MARGIN_S)), ("to", str(int(math.ceil(end)) + LINK_MARGIN_S))]
     if gpu is not None:
         params.append(("gpu", str(gpu)))
     params.append(("event", event_id))
-    return f"{base}/#" + "&".join(f"{k}={urllib.parse.quote(v, safe='')}" for k, v in params)
+    return f"{base}/?" + "&".join(f"{k}={urllib.parse.quote(v, safe='')}" for k, v in params)
 
 
 # -- the words ----------------------------------------------------------------------------------
