@@ -177,7 +177,7 @@ def state_of(fmt: str, body: dict) -> str:
     elif fmt == "discord":
         title = body["embeds"][0]["title"]
     elif fmt == "msteams":
-        title = body["attachments"][0]["content"]["body"][0]["text"]
+        title = body["attachments"][0]["content"]["body"][0]["inlines"][0]["text"]
     else:
         return body["state"]
     return title.split(" ", 1)[0].lower()
