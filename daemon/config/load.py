@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import pwd
 import re
 import socket
 import tomllib
@@ -77,6 +78,9 @@ class WebConfig:
                 raise ConfigError(f"allowed_hosts[{i}]: expected a host name, got {shown(name)}")
 
 
+ANY_USER = "*"
+
+
 @dataclass(frozen=True)
 class TargetsConfig:
     pids: tuple[int, ...] = opt((), "extra process ids to profile (list of integers)")
@@ -93,6 +97,35 @@ class TargetsConfig:
     discovery_interval_s: float = opt(2.0, "how often the process table is rescanned (seconds)", min=0.5, max=60)
     include_descendants: bool = opt(True, "also profile the Python child processes of every target")
     use_nvml_processes: bool = opt(True, "profile the processes that hold a CUDA context (NVML)")
+    allowed_users: tuple[str, ...] = opt(("root",), "users whose processes may be profiled, by name or numeric uid "
+                                         "(real and effective uid both); the agent's own user always is; \"*\" "
+                                         "allows every user. A process no allow-list admits is never sampled, "
+                                         "whatever its command line; one holding a GPU is shown only as "
+                                         "other_gpu_process")
+    allowed_units: tuple[str, ...] = opt((), "systemd system units whose processes may be profiled whoever runs "
+                                         "them (globs: \"vllm*.service\", \"docker-*.scope\"); units under "
+                                         "user.slice never count, since any user can start one of any name")
+    allowed_cgroups: tuple[str, ...] = opt((), "cgroup paths whose processes, and those of the cgroups below them, "
+                                           "may be profiled (globs: \"/kubepods.slice\", "
+                                           "\"/system.slice/docker-*.scope\")")
+
+    def __post_init__(self) -> None:
+        for i, entry in enumerate(self.allowed_users):
+            if entry == ANY_USER or entry.isdigit():
+                continue
+            try:
+                pwd.getpwnam(entry)
+            except KeyError:
+                raise ConfigError(f"allowed_users[{i}]: no user named {shown(entry)} on this host (a name, a "
+                                  "numeric uid or \"*\")") from None
+        for i, pattern in enumerate(self.allowed_units):
+            if not pattern or "/" in pattern:
+                raise ConfigError(f"allowed_units[{i}]: expected a unit name or glob such as \"vllm*.service\", "
+                                  f"got {shown(pattern)}")
+        for i, pattern in enumerate(self.allowed_cgroups):
+            if not pattern.startswith("/"):
+                raise ConfigError(f"allowed_cgroups[{i}]: expected a cgroup path starting with '/', got "
+                                  f"{shown(pattern)}")
 
 
 @dataclass(frozen=True)
