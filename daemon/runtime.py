@@ -66,6 +66,7 @@ class Daemon:
         self._event_tasks: set[asyncio.Task] = set()
         self._stopping = False
         self._inflight: set[asyncio.Task] = set()
+        self._maintenance_errors: set[str] = set()   # error kinds logged since maintenance last succeeded
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -223,7 +224,16 @@ class Daemon:
             if any(report.values()):
                 log.info("event=maintenance %s", " ".join(f"{k}={v}" for k, v in report.items()))
         except Exception as exc:
-            log.error("event=maintenance_failed error=%s", kv(exc))
+            # once per kind of error until a run succeeds: a full disk fails every run
+            kind = type(exc).__name__
+            if kind not in self._maintenance_errors:
+                self._maintenance_errors.add(kind)
+                log.error("event=maintenance_failed error=%s note=\"further failures of this kind are not logged "
+                          "until maintenance succeeds\"", kv(exc))
+            return
+        if self._maintenance_errors:
+            self._maintenance_errors.clear()
+            log.info("event=maintenance_recovered")
 
     async def _watchdog(self, store: Store) -> None:
         # only pet the watchdog while the writer thread lives: a dead writer should restart us

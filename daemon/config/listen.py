@@ -80,7 +80,7 @@ def validate_runtime(config: Config) -> None:
     except ValueError as exc:
         raise ConfigError(f"web.listen: {exc}") from None
     if not addr.loopback and not config.web.auth_token and not config.web.allow_unauthenticated:
-        what = "is not a loopback address" if addr.ip is not None else \
-            "is a name, not a loopback address (only 127.0.0.0/8, ::1 and localhost are)"
+        what = "is not loopback" if addr.ip is not None else \
+            "is a name, not loopback (only 127.0.0.0/8, ::1 and localhost are)"
         raise ConfigError(f"web.listen: {addr.host} {what}; set web.auth_token, or web.allow_unauthenticated "
                           "= true to accept anyone who can reach it")
