@@ -12,6 +12,7 @@ from infersight.storage import render, series, stacks
 from infersight.storage.model import GPU_SIGNALS
 from infersight.web import engine_roof
 from infersight.web import params as p
+from infersight.web.health import problems as health_problems
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
 from infersight.web.responses import bytes_response, dumps, json_response
 
@@ -28,17 +29,11 @@ async def health(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     store = _store(request)
     collectors = {}
-    degraded = []
     if agent is not None:
         for name, st in agent.runner.status.items():
             collectors[name] = st.as_dict()
-            if st.ok is False:
-                degraded.append(f"collector {name}: {st.last_error}")
     stats = store.stats()
-    if not store.read_only and not store.writer_alive:
-        degraded.append("storage writer stopped")
-    if stats.last_error:
-        degraded.append(f"storage: {stats.last_error}")
+    degraded = health_problems(agent, store, stats)   # failing endpoints, targets, components too
     body = {
         "status": "degraded" if degraded else "ok",
         "problems": degraded,
@@ -48,7 +43,8 @@ async def health(request: web.Request) -> web.Response:
                     "rows_dropped": stats.rows_dropped, "batches_rejected": stats.batches_rejected,
                     "queue_depth": stats.queue_depth,
                     "flush_failures": stats.flush_failures, "last_flush_s": round(stats.last_flush_s, 6),
-                    "last_error": stats.last_error},
+                    "last_error": stats.last_error, "failing_since": stats.failing_since,
+                    "retained_rows": stats.retained_rows},
         "uptime_s": round(time.time() - agent.started_at, 3) if agent is not None else None,
     }
     if agent is not None:
