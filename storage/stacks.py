@@ -44,11 +44,11 @@ class _NodeCache:
     Node and frame rows never change under an id (ids are never reused: storage/intern.py),
     so what is cached stays true; rows retention deleted just stay until the cache is cleared.
     Only the ancestries of the leaves asked for are loaded. Each database's cache is cleared
-    when it holds more than ``max_items`` nodes plus frames of cached paths, and only the
-    ``max_dbs`` databases used last are kept.
+    when it holds more than ``max_items`` nodes, frames and frames of memoized paths, and only
+    the ``max_dbs`` databases used last are kept.
     """
 
-    def __init__(self, max_items: int = 250_000, max_dbs: int = 4) -> None:
+    def __init__(self, max_items: int = 1_000_000, max_dbs: int = 4) -> None:
         self.lock = threading.Lock()
         self.max_items = max_items
         self.max_dbs = max_dbs
@@ -71,6 +71,69 @@ class _NodeCache:
 
 
 _GONE: FrameKey = ("[pruned]", "", 0)   # a frame retention deleted between two of our reads
+_CHECKPOINT = 256                       # paths of nodes at depths divisible by this are memoized
+# The first query reads the leaves with their depth; every later one also reads, below each
+# missing ancestor, as many ids as it is deep: a stack interned at once has consecutive ids,
+# so a 5,000-frame chain comes in one query instead of one query per level.
+_NODES_QUERY = """
+    SELECT id, parent, frame, depth FROM stack_nodes WHERE id IN (SELECT unnest(?))
+    UNION ALL
+    SELECT n.id, n.parent, n.frame, n.depth FROM stack_nodes n
+    JOIN (SELECT unnest(?) AS lo, unnest(?) AS hi) r ON n.id >= r.lo AND n.id <= r.hi"""
+_MAX_RANGE_ROWS = 200_000               # ids read ahead in one query at most
+
+
+def load_nodes(cur, wanted: set[int], nodes: dict[int, tuple[int, int]], deadline=None) -> list[int]:
+    """Into ``nodes`` (id -> (parent, frame)): ``wanted`` and all their ancestors not there yet
+    (and whatever else the read-ahead ranges held). Returns the ids added. ``deadline()`` (if
+    given) is called between queries and may raise to stop."""
+    depths: dict[int, int] = {}
+    pending = {w for w in wanted if w and w not in nodes}
+    need_depth: dict[int, int] = {}          # a missing ancestor -> its depth, when known
+    added: list[int] = []
+    while pending:
+        if deadline is not None:
+            deadline()
+        exact = sorted(w for w in pending if w not in need_depth)
+        lo, hi, budget = [], [], _MAX_RANGE_ROWS
+        for w in sorted(w for w in pending if w in need_depth):
+            span = max(1, need_depth[w])
+            if span > budget:
+                exact.append(w)
+                continue
+            budget -= span
+            lo.append(max(1, w - span + 1))
+            hi.append(w)
+        rows = cur.execute(_NODES_QUERY, [exact, lo, hi]).fetchall()
+        for id_, parent, frame, depth in rows:
+            if id_ not in nodes:
+                nodes[id_] = (parent, frame)
+                depths[id_] = depth or 0
+                added.append(id_)
+        nxt: set[int] = set()
+        for w in pending:                     # climb each chain to its first missing ancestor
+            node = w
+            while node in nodes:
+                parent = nodes[node][0]
+                if not parent:
+                    break
+                if parent not in nodes:
+                    nxt.add(parent)
+                    if depths.get(node):
+                        need_depth[parent] = depths[node] - 1
+                    break
+                node = parent
+        pending = nxt
+    return added
+
+
+def load_frames(cur, ids: set[int], frames: dict[int, FrameKey]) -> None:
+    """Frame rows of ``ids`` into ``frames`` (id -> (function, file, line))."""
+    if ids:
+        for id_, fn, file, line in cur.execute(
+                "SELECT id, function, file, line FROM frames WHERE id IN (SELECT unnest(?))",
+                [sorted(ids)]).fetchall():
+            frames[id_] = (fn, file, line or 0)
 
 
 class _DbPaths:
@@ -86,29 +149,19 @@ class _DbPaths:
         self.items = 0          # nodes + frames + frames held in memoized paths
 
     def load(self, cur, leaves: list[int]) -> None:
-        """Nodes of ``leaves`` and their ancestors not cached yet, a level per query (a
+        """Nodes of ``leaves`` and their ancestors not cached yet, and their frames (a
         recursive query took about 25 MB of DuckDB's allocator for a few hundred rows)."""
-        wanted = {leaf for leaf in leaves if leaf not in self.nodes}
-        frames: set[int] = set()
-        while wanted:
-            rows = cur.execute("SELECT id, parent, frame FROM stack_nodes WHERE id IN (SELECT unnest(?))",
-                               [sorted(wanted)]).fetchall()
-            for id_, parent, frame in rows:
-                self.nodes[id_] = (parent, frame)
-                self.items += 1
-                if frame not in self.frames:
-                    frames.add(frame)
-            wanted = {parent for _, parent, _ in rows if parent and parent not in self.nodes}
-        if frames:
-            # a frame goes only with the last node using it: missing only if retention ran
-            # between these reads (path() then shows _GONE)
-            for id_, fn, file, line in cur.execute(
-                    "SELECT id, function, file, line FROM frames WHERE id IN (SELECT unnest(?))",
-                    [sorted(frames)]).fetchall():
-                self.frames[id_] = (fn, file, line or 0)
-                self.items += 1
+        added = load_nodes(cur, set(leaves), self.nodes)
+        frames = {self.nodes[n][1] for n in added} - self.frames.keys()
+        # a frame goes only with the last node using it: missing only if retention ran
+        # between these reads (path() then shows _GONE)
+        n_frames = len(self.frames)
+        load_frames(cur, frames, self.frames)
+        self.items += len(added) + len(self.frames) - n_frames
 
     def path(self, node: int) -> tuple[FrameKey, ...]:
+        """Frames of ``node``, root first. Only the asked-for nodes and every _CHECKPOINT-th
+        level are memoized: memoizing every node of a chain held depth² frames."""
         nodes, frames, memo = self.nodes, self.frames, self.memo
         if node == 0 or node not in nodes:
             return ()
@@ -120,12 +173,17 @@ class _DbPaths:
         while cur and cur not in memo and cur in nodes:
             chain.append(cur)
             cur = nodes[cur][0]
-        prefix = memo.get(cur, ()) if cur else ()
+        prefix = list(memo.get(cur, ())) if cur else []
+        depth = len(prefix)
         for n in reversed(chain):
-            prefix = prefix + (frames.get(nodes[n][1], _GONE),)
-            memo[n] = prefix
-            self.items += len(prefix)
-        return memo[node]
+            prefix.append(frames.get(nodes[n][1], _GONE))
+            depth += 1
+            if depth % _CHECKPOINT == 0 and n != node:
+                memo[n] = tuple(prefix)
+                self.items += depth
+        memo[node] = out = tuple(prefix)
+        self.items += depth
+        return out
 
 
 _CACHE = _NodeCache()
