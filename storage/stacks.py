@@ -83,10 +83,15 @@ _NODES_QUERY = """
 _MAX_RANGE_ROWS = 200_000               # ids read ahead in one query at most
 
 
-def load_nodes(cur, wanted: set[int], nodes: dict[int, tuple[int, int]], deadline=None) -> list[int]:
+def load_nodes(cur, wanted: set[int], nodes: dict[int, tuple[int, int]], deadline=None,
+               max_nodes: int | None = None, complete: set[int] | None = None) -> list[int]:
     """Into ``nodes`` (id -> (parent, frame)): ``wanted`` and all their ancestors not there yet
     (and whatever else the read-ahead ranges held). Returns the ids added. ``deadline()`` (if
-    given) is called between queries and may raise to stop."""
+    given) is called between queries and may raise to stop; once ``nodes`` holds ``max_nodes``
+    it stops too, and some chains stay incomplete (the caller checks). ``complete`` (kept by a
+    caller across calls) holds nodes whose whole ancestry is in ``nodes``: a climb stops there,
+    so 20,000 leaves under one 5,000-frame chain cost 20,000 steps, not 100 million."""
+    complete = set() if complete is None else complete
     depths: dict[int, int] = {}
     pending = {w for w in wanted if w and w not in nodes}
     need_depth: dict[int, int] = {}          # a missing ancestor -> its depth, when known
@@ -94,6 +99,8 @@ def load_nodes(cur, wanted: set[int], nodes: dict[int, tuple[int, int]], deadlin
     while pending:
         if deadline is not None:
             deadline()
+        if max_nodes is not None and len(nodes) >= max_nodes:
+            break
         exact = sorted(w for w in pending if w not in need_depth)
         lo, hi, budget = [], [], _MAX_RANGE_ROWS
         for w in sorted(w for w in pending if w in need_depth):
@@ -112,17 +119,22 @@ def load_nodes(cur, wanted: set[int], nodes: dict[int, tuple[int, int]], deadlin
                 added.append(id_)
         nxt: set[int] = set()
         for w in pending:                     # climb each chain to its first missing ancestor
-            node = w
-            while node in nodes:
-                parent = nodes[node][0]
-                if not parent:
+            node, climbed, missing = w, [], False
+            while node and node not in complete:
+                if node not in nodes:         # deleted by retention meanwhile: nothing to climb
+                    missing = True
                     break
-                if parent not in nodes:
+                climbed.append(node)
+                parent = nodes[node][0]
+                if parent and parent not in nodes:
                     nxt.add(parent)
                     if depths.get(node):
                         need_depth[parent] = depths[node] - 1
+                    missing = True
                     break
                 node = parent
+            if not missing:
+                complete.update(climbed)
         pending = nxt
     return added
 
@@ -212,14 +224,12 @@ def _filter_sql(f: ProfileFilter, params: list) -> str:
     return "".join(f" AND {c}" for c in clauses)
 
 
-def profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(), *,
-            weight: str = "samples", gpu: int | None = None) -> Profile:
-    """Samples with bucket in [t_from, t_to).
-
-    ``weight="gpu_idle"`` multiplies each second's samples by that second's GPU idle
-    fraction: 1 - SM activity (GPM/DCGM, or NVML utilization where GPM is absent) / 100,
-    of ``gpu`` or, when None, the mean over all GPUs. Seconds without a GPU sample weigh 0.
-    """
+def leaf_query(t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(), *, weight: str = "samples",
+               gpu: int | None = None) -> tuple[str, list]:
+    """(SQL, parameters) of ``(leaf node id, value)`` rows, one per stack: samples with bucket
+    in [t_from, t_to), or with ``weight="gpu_idle"`` each second's samples times that second's
+    GPU idle fraction, 1 - SM activity (GPM/DCGM, or NVML utilization where GPM is absent) / 100,
+    of ``gpu`` or, when None, the mean over all GPUs (seconds without a GPU sample weigh 0)."""
     params: list = [int(t_from // 1), _ceil(t_to)]
     where = "s.bucket >= ? AND s.bucket < ?" + _filter_sql(flt, params)
     if weight == "gpu_idle":
@@ -237,12 +247,19 @@ def profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(
                 GROUP BY 1)
             SELECT s.stack, sum(s.count * idle.w) FROM stack_samples s JOIN idle ON s.bucket = idle.b
             WHERE {where} GROUP BY 1"""
-        rows = cur.execute(sql, gparams + params).fetchall()
-    elif weight == "samples":
-        rows = cur.execute(f"SELECT s.stack, sum(s.count) FROM stack_samples s WHERE {where} GROUP BY 1",
-                           params).fetchall()
-    else:
-        raise ValueError(f"unknown weight {weight!r} (samples or gpu_idle)")
+        return sql, gparams + params
+    if weight == "samples":
+        return f"SELECT s.stack, sum(s.count) FROM stack_samples s WHERE {where} GROUP BY 1", params
+    raise ValueError(f"unknown weight {weight!r} (samples or gpu_idle)")
+
+
+def profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(), *,
+            weight: str = "samples", gpu: int | None = None) -> Profile:
+    """Samples with bucket in [t_from, t_to), by stack (see :func:`leaf_query` for ``weight``).
+    Materializes every stack's frames: for flame graphs and diffs of arbitrary ranges, the web
+    uses storage/flame_query.py, which works on the stack trie within a budget."""
+    sql, params = leaf_query(t_from, t_to, flt, weight=weight, gpu=gpu)
+    rows = cur.execute(sql, params).fetchall()
     paths = _CACHE.paths(cur, [r[0] for r in rows])
     stacks: dict[tuple[FrameKey, ...], float] = {}
     for leaf, value in rows:

@@ -17,6 +17,7 @@ from aiohttp import web
 from infersight.daemon.config.load import Config
 from infersight.storage.store import Store
 from infersight.web import api, metrics, ui
+from infersight.web.heavy import GATE_KEY, QueryGate
 from infersight.web.hosts import host_check_middleware
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
 from infersight.web.responses import json_response
@@ -84,6 +85,7 @@ def create_app(config: Config, store: Store, *, agent: Any = None) -> web.Applic
     app[CONFIG_KEY] = config
     app[STORE_KEY] = store
     app[AGENT_KEY] = agent
+    app[GATE_KEY] = QueryGate(config.web.heavy_queries, config.web.heavy_queue)
     api.add_routes(app)
     ui.add_routes(app)
     metrics.add_routes(app)

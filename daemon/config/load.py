@@ -72,6 +72,17 @@ class WebConfig:
                                          "external_url's are always allowed; other names get 421, so a web page "
                                          "cannot read the API through DNS rebinding")
 
+    query_timeout_s: float = opt(20.0, "time budget of one flame graph, diff or export, from the query to the "
+                                 "encoded answer (seconds); a query that passes it answers with what it has "
+                                 "(truncated) or 503 with the reason", min=1, max=600)
+    query_max_stack_nodes: int = opt(200_000, "stack-trie nodes one flame graph, diff or export may hold: the "
+                                     "heaviest stacks that fit are shown, the rest counted as omitted. About 1 KB "
+                                     "of the agent's memory each at the peak (count)", min=1000, max=10_000_000)
+    heavy_queries: int = opt(1, "flame graphs, diffs and exports computed at once; more wait in line, so their "
+                             "memory does not add up (count)", min=1, max=16)
+    heavy_queue: int = opt(8, "heavy queries that may wait in line; one more is answered 503 at once (count)",
+                           min=0, max=1000)
+
     def __post_init__(self) -> None:
         for i, name in enumerate(self.allowed_hosts):
             if not (is_host_name(name) or _is_ip(name.strip("[]"))):
