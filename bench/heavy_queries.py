@@ -14,7 +14,8 @@ usage: python bench/heavy_queries.py [--db PATH] [--pythonpath DIR] [--json OUT]
 
 ``--pythonpath DIR`` puts DIR first on the subprocesses' path, to run an older checkout's
 ``infersight`` package (a directory holding ``infersight/{daemon,storage,web}``) for the
-"before" figures.
+"before" figures; ``--as-limit-mb`` caps the server's address space (RLIMIT_AS), since the
+code before issue 30 grew past 20 GB on this store and must not take a shared host with it.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import concurrent.futures
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -68,10 +70,14 @@ def _head(body: bytes) -> dict:
 class Serve:
     """``infersight serve --db DB`` with its peak RSS sampled on a thread."""
 
-    def __init__(self, db: str, pythonpath: str | None) -> None:
+    def __init__(self, db: str, pythonpath: str | None, as_limit_mb: int | None = None) -> None:
+        def limit() -> None:
+            if as_limit_mb:
+                resource.setrlimit(resource.RLIMIT_AS, (as_limit_mb << 20, as_limit_mb << 20))
+
         self.proc = subprocess.Popen([sys.executable, "-m", "infersight.daemon.cli", "serve", "--db", db,
                                       "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                     text=True, env=_env(pythonpath), cwd=tempfile.gettempdir())
+                                     text=True, env=_env(pythonpath), cwd=tempfile.gettempdir(), preexec_fn=limit)
         self.url = ""
         for line in self.proc.stderr:
             m = re.search(r"read-only at (http://\S+?)/?$", line)
@@ -121,8 +127,8 @@ class Serve:
             self.proc.wait()
 
 
-def queries(db: str, pythonpath: str | None, t_from: int, t_to: int) -> dict:
-    server = Serve(db, pythonpath)
+def queries(db: str, pythonpath: str | None, t_from: int, t_to: int, as_limit_mb: int | None = None) -> dict:
+    server = Serve(db, pythonpath, as_limit_mb)
     out: dict = {"rss_idle_mb": round(server.rss_mb(), 1)}
     try:
         flame = f"/api/flamegraph?from={t_from}&to={t_to}"
@@ -143,6 +149,7 @@ def queries(db: str, pythonpath: str | None, t_from: int, t_to: int) -> dict:
 
 
 def replay_times(work: Path, pythonpath: str | None, runs: int = 2) -> dict:
+    """Seconds of ``infersight replay`` of the fixture and of its deep copy, ``runs`` each."""
     deep = deepen(FIXTURE, work / "deep-recording", 4_990)
     times: dict[str, list[float]] = {"normal": [], "deep": []}
     for _ in range(runs):
@@ -178,6 +185,8 @@ def main() -> int:
     ap.add_argument("--pythonpath", help="run the subprocesses with this directory first on sys.path")
     ap.add_argument("--json", help="write the figures to this file")
     ap.add_argument("--no-replay", action="store_true", help="skip the replay timing")
+    ap.add_argument("--replay-runs", type=int, default=2, help="replays of each recording (default 2)")
+    ap.add_argument("--as-limit-mb", type=int, help="address-space limit of the server (MiB)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="infersight-heavy-") as tmp:
         work = Path(tmp)
@@ -187,7 +196,8 @@ def main() -> int:
         print(f"store: {store['leaves']:,} distinct leaves under {store['stack_nodes']:,} stack nodes, stacks "
               f"{store['depth']:,} frames deep, {store['stack_samples']:,} sample rows, {store['file_mb']} MB "
               f"(built in {time.perf_counter() - started:.0f} s)", flush=True)
-        figures = {"store": store, "queries": queries(db, args.pythonpath, store["t_from"], store["t_to"])}
+        figures = {"store": store, "queries": queries(db, args.pythonpath, store["t_from"], store["t_to"],
+                                                      args.as_limit_mb)}
         q = figures["queries"]
         print("queries (status, time, size), one hour of the store:")
         for name in ("flame", "diff", "folded", "concurrent"):
@@ -195,7 +205,7 @@ def main() -> int:
         print(f"  six at once: {q['concurrent_wall_s']} s for all; serving process RSS idle {q['rss_idle_mb']} MB, "
               f"peak {q['rss_peak_mb']} MB (unit MemoryMax=1G: 1024 MB), after {q['rss_after_mb']} MB", flush=True)
         if not args.no_replay:
-            times = replay_times(work, args.pythonpath)
+            times = replay_times(work, args.pythonpath, args.replay_runs)
             figures["replay"] = times
             ratio = min(times["deep"]) / min(times["normal"])
             print(f"replay of tests/fixtures/h100-scenario: {times['normal']} s; with 4,990 more frames per stack: "

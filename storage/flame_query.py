@@ -116,7 +116,7 @@ def trie_profile(cur, t_from: float, t_to: float, flt: ProfileFilter = ProfileFi
     values = np.asarray(arrays[list(arrays)[1]], dtype=np.float64)
     keep = (values > 0) & (ids > 0)
     ids, values = ids[keep], values[keep]
-    order = np.argsort(-values, kind="stable")
+    order = np.lexsort((ids, -values))      # heaviest first; ties by id, so answers repeat
     ids, values = ids[order], values[order]
     total, leaves_total = float(values.sum()), len(ids)
     nodes: dict[int, tuple[int, int]] = {}
