@@ -4,8 +4,8 @@ Every such request:
 
 - waits for one of ``web.heavy_queries`` slots (:class:`QueryGate`); with ``web.heavy_queue``
   requests already waiting it is answered ``503`` at once (``Retry-After``), and one that
-  waits longer than ``web.query_timeout_s`` gets ``503`` too; once it has a slot, its time
-  budget starts. Six heavy requests at once used to run six
+  waits longer than ``QUEUE_WAIT_BUDGETS`` x ``web.query_timeout_s`` gets ``503`` too; once it
+  has a slot, its time budget starts. Six heavy requests at once used to run six
   DuckDB aggregations in one 32 MB buffer pool (three to six failed with 500) and add up
   their Python trees past the unit's 1 GB;
 - reads its profile within ``web.query_timeout_s`` and ``web.query_max_stack_nodes``
@@ -35,6 +35,7 @@ from infersight.web.responses import bytes_response, dumps
 # frame references (folded text is about 50-80 bytes per frame: some 30 MB at the bound).
 EXPORT_MAX_FRAMES = 500_000
 ADVICE = "narrow the range, or filter by pid, tid or role"
+QUEUE_WAIT_BUDGETS = 3       # a request waits in line at most this many web.query_timeout_s
 
 
 class QueryGate:
@@ -83,7 +84,7 @@ async def _run(request: web.Request, fn, *args):
     """``fn(cursor, budget, *args)`` on a reader thread, in line and within the budget."""
     cfg = request.app[CONFIG_KEY].web
     gate = request.app[GATE_KEY]
-    await gate.enter(cfg.query_timeout_s)           # waits at most one budget in line...
+    await gate.enter(QUEUE_WAIT_BUDGETS * cfg.query_timeout_s)   # waits in line a few budgets at most...
     budget = QueryBudget(cfg.query_timeout_s, cfg.query_max_stack_nodes)   # ...then gets a whole one
     try:
         return await request.app[STORE_KEY].read(fn, budget, *args)

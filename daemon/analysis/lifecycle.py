@@ -59,8 +59,23 @@ def startup_share(stacks: dict[tuple[Frame, ...], int]) -> float:
     total = sum(stacks.values())
     if not total:
         return 0.0
-    hit = sum(n for path, n in stacks.items() if any(_is_startup(frame) for frame in path))
+    hit = sum(n for path, n in stacks.items() if _runs_startup(path))
     return hit / total
+
+
+_PATHS_SEEN: dict[int, tuple[tuple, bool]] = {}   # id(path) -> (path, answer): storage shares one tuple per stack
+
+
+def _runs_startup(path: tuple[Frame, ...]) -> bool:
+    # by identity: a 5,000-frame stack is scanned once, not in every second that sampled it
+    seen = _PATHS_SEEN.get(id(path))
+    if seen is not None and seen[0] is path:
+        return seen[1]
+    answer = any(_is_startup(frame) for frame in path)
+    if len(_PATHS_SEEN) >= 4096:
+        _PATHS_SEEN.clear()
+    _PATHS_SEEN[id(path)] = (path, answer)
+    return answer
 
 
 def _is_startup(frame: Frame) -> bool:
