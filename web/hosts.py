@@ -5,8 +5,9 @@ that is the host's own users, but also any web page an operator opens, through D
 rebinding (a name the attacker controls resolves to 127.0.0.1, and the page's requests to
 that name are same-origin for the browser). Such requests carry the attacker's name in
 ``Host``, so the agent answers only Hosts it knows: IP literals (a page can only be
-same-origin with an IP literal by being served from it), ``localhost``, the machine's own
-names, the listen address's name, ``web.external_url``'s name and ``web.allowed_hosts``.
+same-origin with an IP literal by being served from it), ``localhost``, the machine's host
+name (``agent.host`` and the kernel's), the listen address's name, ``web.external_url``'s
+name and ``web.allowed_hosts``.
 Anything else gets ``421 Misdirected Request``. A request without ``Host`` (HTTP/1.0) is no
 browser's and passes. With a token set the check is off: a rebinding page has no token.
 """
@@ -24,12 +25,9 @@ from infersight.web.responses import json_response
 
 def allowed_names(config: Config) -> frozenset[str]:
     """Lower-case host names (no port) the agent answers to; IP literals are always allowed."""
-    names = {"localhost", config.host}
-    try:
-        names.add(socket.gethostname())
-        names.add(socket.getfqdn())
-    except OSError:
-        pass
+    # the host name as the kernel has it; no getfqdn(): a DNS lookup at start-up can hang
+    # where the resolver does not answer (add a fully qualified name to web.allowed_hosts)
+    names = {"localhost", config.host, socket.gethostname()}
     try:
         addr = parse_listen(config.web.listen)
         if addr.ip is None:
