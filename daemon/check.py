@@ -161,6 +161,22 @@ def check_nvml() -> list[CheckResult]:
             pass
 
 
+def check_targets(config: Config) -> CheckResult:
+    """The processes the patterns find now, and those refused for their owner."""
+    from infersight.daemon.stacks.discovery import Discovery
+
+    discovery = Discovery(config.targets, config.host, nvml=None)
+    found = [f for f in discovery.scan_detailed() if "pattern" in f.reasons]
+    if discovery.refused:
+        shown = "; ".join(f"pid {pid} ({owner})" for pid, owner in sorted(discovery.refused.items())[:5])
+        return CheckResult("targets", "warn", f"{len(found)} matching process(es) allowed, {len(discovery.refused)} "
+                           f"refused for their owner: {shown}",
+                           "if they are your engines, add their user to targets.allowed_users (or their unit or "
+                           "cgroup to targets.allowed_units / allowed_cgroups)")
+    return CheckResult("targets", "ok", f"{len(found)} process(es) match targets.cmdline_patterns"
+                       + ("" if found else " now (engines are found when they start)"))
+
+
 def check_endpoint(url: str, timeout: float) -> CheckResult:
     """GET ``url`` and judge the answer; ``timeout`` bounds the whole exchange (seconds)."""
     deadline = time.monotonic() + timeout
@@ -197,7 +213,8 @@ def _checks(config: Config) -> list[tuple[str, str, Callable[[], list[CheckResul
     jobs = [("storage", "fail", lambda: [check_storage(config.storage.path)]),
             ("web port", "fail", lambda: [check_port(config.web.listen)]),
             ("ptrace", "warn", lambda: [check_ptrace()]),
-            ("py-spy", "warn", lambda: [check_pyspy(config.collectors.stacks.pyspy_path)])]
+            ("py-spy", "warn", lambda: [check_pyspy(config.collectors.stacks.pyspy_path)]),
+            ("targets", "warn", lambda: [check_targets(config)])]
     if config.collectors.gpu.enabled:
         jobs.append(("NVML", "warn", check_nvml))
     for url in engines.endpoints:

@@ -18,6 +18,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from infersight.daemon.check import check_targets
 from infersight.daemon.config.fields import ConfigError
 from infersight.daemon.config.load import Config, TargetsConfig, with_overrides
 from infersight.daemon.runtime import Daemon
@@ -120,6 +121,16 @@ async def test_a_live_agent_samples_only_the_allowed_twin(twins, make_config, py
     finally:
         daemon.request_stop()
         assert await asyncio.wait_for(task, 30) == 0
+
+
+def test_check_names_the_refused_process_and_the_fix(twins):
+    tag, mine, stranger = twins
+    config = with_overrides(Config(), **{"targets.cmdline_patterns": (tag,)})
+    result = check_targets(config)
+    assert result.status == "warn" and f"pid {stranger.pid} (uid {NOBODY}" in result.detail
+    assert result.detail.startswith("1 matching process(es) allowed, 1 refused") and "allowed_users" in result.fix
+    widened = with_overrides(config, **{"targets.allowed_users": ("root", "nobody")})
+    assert check_targets(widened).status == "ok"
 
 
 @pytest.mark.parametrize("cgroup, unit", [

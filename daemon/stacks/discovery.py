@@ -90,6 +90,7 @@ class _Proc:
     python: bool | None = None
     matched: bool | None = None        # command line matches a configured pattern
     allowed: bool | None = None        # its owner is on the operator's allow-lists (owners.py)
+    owner: str = ""                    # "uid U, unit X", once read
 
 
 def diff(before: Mapping[tuple, Target], after: Mapping[tuple, Target]) -> tuple[list[Target], list[Target]]:
@@ -143,6 +144,7 @@ class Discovery:
         self._patterns = [re.compile(p) for p in config.cmdline_patterns]
         self.owners = OwnerPolicy(config)
         self._refused_logged: set[tuple[int, float]] = set()
+        self.refused: dict[int, str] = {}     # pid -> owner of the matching processes the last scan refused
         self._cache: dict[int, _Proc] = {}
         self._watch: set[int] = set()
         self._foreign: set[tuple[int, float]] = set()    # (pid, start time) judged neighbours, for life
@@ -162,11 +164,16 @@ class Discovery:
         # (the demo engine, tests' programs).
         excluded = {self.own_pid} | {p.pid for p in procs.values() if os.path.basename(p.argv0) == "py-spy"}
         reasons: dict[int, list[str]] = {}
+        refused: dict[int, str] = {}
         for p in procs.values():
             if p.matched is None:
                 p.matched = any(rx.search(p.cmdline) for rx in self._patterns)
-            if p.matched and p.pid not in excluded and self._is_python(p) and self._allowed(p, log_refusal=True):
-                reasons.setdefault(p.pid, []).append("pattern")
+            if p.matched and p.pid not in excluded and self._is_python(p):
+                if self._allowed(p, log_refusal=True):
+                    reasons.setdefault(p.pid, []).append("pattern")
+                else:
+                    refused[p.pid] = p.owner
+        self.refused = refused
         for pid in self.pids:
             if pid in procs:
                 reasons.setdefault(pid, []).append("pid")
@@ -337,6 +344,7 @@ class Discovery:
         if p.allowed is None:
             owner = read_owner(self.proc, p.pid)
             p.allowed = self.owners.allows(owner)
+            p.owner = f"uid {owner.uids[0] if owner.uids else 'unknown'}, unit {unit_of(owner.cgroup) or '-'}"
             if not p.allowed and log_refusal and (p.pid, p.start_time) not in self._refused_logged:
                 if len(self._refused_logged) > 10_000:      # bounded: forget the old ones
                     self._refused_logged.clear()
