@@ -14,7 +14,7 @@ is instead:
 3. a flame tree (storage/render.py's nodes, merged by function and file) is built from the
    trie in one pass over node ids (a child's id is always above its parent's).
 
-Memory is bounded by the node budget (about 1 KB per trie node held, frames and tree node
+Memory is bounded by the node budget (about 1.5 KB per trie node held, frames and tree node
 included), time by the deadline: DuckDB's statement is interrupted when it passes
 (``cur.interrupt()`` from a timer), and the Python loops check it. An exceeded budget that
 leaves nothing to show raises :class:`BudgetExceeded`; the web answers it with 503 and the

@@ -76,7 +76,7 @@ class WebConfig:
                                  "encoded answer (seconds); a query that passes it answers with what it has "
                                  "(truncated) or 503 with the reason", min=1, max=600)
     query_max_stack_nodes: int = opt(200_000, "stack-trie nodes one flame graph, diff or export may hold: the "
-                                     "heaviest stacks that fit are shown, the rest counted as omitted. About 1 KB "
+                                     "heaviest stacks that fit are shown, the rest counted as omitted. About 1.5 KB "
                                      "of the agent's memory each at the peak (count)", min=1000, max=10_000_000)
     heavy_queries: int = opt(1, "flame graphs, diffs and exports computed at once; more wait in line, so their "
                              "memory does not add up (count)", min=1, max=16)
