@@ -2,6 +2,12 @@
 
 Statuses: ``ok``, ``warn`` (the agent runs with less: no GPU, no ptrace) and ``fail`` (the
 agent cannot run: storage or port). Exit 0 when nothing failed.
+
+The whole command has a deadline (``DEADLINE_S``): every check runs on a thread of its own,
+at once, and a check that has not answered by then is reported as such (``fail`` for storage
+and the port, which the agent needs; ``warn`` for the rest). An engine endpoint gets
+``collectors.engines.timeout_s`` for its whole answer, not per read: one that trickles a
+byte a second no longer holds the command.
 """
 from __future__ import annotations
 
@@ -11,12 +17,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from infersight.daemon.config.load import Config
+
+DEADLINE_S = 30.0                # the whole command, every check included
+_MAX_BODY = 1 << 20              # bytes of an endpoint's answer read at most
 
 
 @dataclass
@@ -149,11 +161,40 @@ def check_nvml() -> list[CheckResult]:
             pass
 
 
+def check_targets(config: Config) -> CheckResult:
+    """The processes the patterns find now, and those refused for their owner."""
+    from infersight.daemon.stacks.discovery import Discovery
+
+    discovery = Discovery(config.targets, config.host, nvml=None)
+    found = [f for f in discovery.scan_detailed() if "pattern" in f.reasons]
+    if discovery.refused:
+        shown = "; ".join(f"pid {pid} ({owner})" for pid, owner in sorted(discovery.refused.items())[:5])
+        return CheckResult("targets", "warn", f"{len(found)} matching process(es) allowed, {len(discovery.refused)} "
+                           f"refused for their owner: {shown}",
+                           "if they are your engines, add their user to targets.allowed_users (or their unit or "
+                           "cgroup to targets.allowed_units / allowed_cgroups)")
+    return CheckResult("targets", "ok", f"{len(found)} process(es) match targets.cmdline_patterns"
+                       + ("" if found else " now (engines are found when they start)"))
+
+
 def check_endpoint(url: str, timeout: float) -> CheckResult:
+    """GET ``url`` and judge the answer; ``timeout`` bounds the whole exchange (seconds)."""
+    deadline = time.monotonic() + timeout
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = resp.read(1 << 20).decode("utf-8", "replace")
             ctype = resp.headers.get("Content-Type", "")
+            chunks, size = [], 0
+            while size < _MAX_BODY:
+                if time.monotonic() > deadline:
+                    return CheckResult(f"engine {url}", "warn", f"no complete answer within {timeout:g} s "
+                                       f"({size} bytes came)", "check the engine; a /metrics this slow also "
+                                       "delays every scrape (collectors.engines.timeout_s)")
+                chunk = resp.read1(65536)        # returns what one read brings: the deadline is checked
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            body = b"".join(chunks).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         return CheckResult(f"engine {url}", "warn", f"HTTP {exc.code}", "check the engine's metrics port and path")
     except (urllib.error.URLError, OSError) as exc:
@@ -166,15 +207,47 @@ def check_endpoint(url: str, timeout: float) -> CheckResult:
     return CheckResult(f"engine {url}", "ok", f"Prometheus text, {body.count(chr(10))} lines")
 
 
-def run_checks(config: Config, out=None) -> int:
-    """Print one line per capability and a summary; return 0 when the daemon can run, 1 otherwise."""
-    out = out or sys.stdout
-    results = [check_storage(config.storage.path), check_port(config.web.listen), check_ptrace(),
-               check_pyspy(config.collectors.stacks.pyspy_path)]
+def _checks(config: Config) -> list[tuple[str, str, Callable[[], list[CheckResult]]]]:
+    """(name, status when it does not answer in time, the check) in the order printed."""
+    engines = config.collectors.engines
+    jobs = [("storage", "fail", lambda: [check_storage(config.storage.path)]),
+            ("web port", "fail", lambda: [check_port(config.web.listen)]),
+            ("ptrace", "warn", lambda: [check_ptrace()]),
+            ("py-spy", "warn", lambda: [check_pyspy(config.collectors.stacks.pyspy_path)]),
+            ("targets", "warn", lambda: [check_targets(config)])]
     if config.collectors.gpu.enabled:
-        results += check_nvml()
-    for url in config.collectors.engines.endpoints:
-        results.append(check_endpoint(url, config.collectors.engines.timeout_s))
+        jobs.append(("NVML", "warn", check_nvml))
+    for url in engines.endpoints:
+        jobs.append((f"engine {url}", "warn", lambda url=url: [check_endpoint(url, engines.timeout_s)]))
+    return jobs
+
+
+def run_checks(config: Config, out=None, deadline_s: float = DEADLINE_S) -> int:
+    """Print one line per capability; return 0 when the daemon can run, 1 otherwise. Returns
+    within ``deadline_s`` seconds whatever the checks do (module docstring)."""
+    out = out or sys.stdout
+    jobs = _checks(config)
+    answers: list[list[CheckResult] | None] = [None] * len(jobs)
+
+    def run(i: int, fn: Callable[[], list[CheckResult]]) -> None:
+        try:
+            answers[i] = fn()
+        except Exception as exc:   # a check's own bug must not hide the other lines
+            answers[i] = [CheckResult(jobs[i][0], "warn", f"the check itself failed: {type(exc).__name__}: {exc}")]
+
+    # daemon threads: one still stuck at the deadline must not keep the process from exiting
+    threads = [threading.Thread(target=run, args=(i, job[2]), daemon=True, name=f"check-{i}")
+               for i, job in enumerate(jobs)]
+    end = time.monotonic() + deadline_s
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(max(0.0, end - time.monotonic()))
+    results: list[CheckResult] = []
+    for (name, late_status, _), answer in zip(jobs, answers):
+        results += answer if answer is not None else [CheckResult(
+            name, late_status, f"no answer within the check's {deadline_s:g} s deadline",
+            "whatever this check waits on hangs (a file system, the driver, a port): look there")]
     for r in results:
         print(r.line(), file=out)
     print(summary_line(results), file=out)

@@ -67,6 +67,7 @@ class Daemon:
         self._stopping = False
         self._inflight: set[asyncio.Task] = set()
         self._running: set[str] = set()          # collectors with a run in progress
+        self._maintenance_errors: set[str] = set()   # error kinds logged since maintenance last succeeded
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -168,7 +169,11 @@ class Daemon:
         app_runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await app_runner.setup()
         site = web.TCPSite(app_runner, host, port, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a name that does not resolve, an address not on this host, a port in use
+            await app_runner.cleanup()
+            raise OSError(exc.errno, f"web.listen {self.config.web.listen}: {exc.strerror or exc}") from None
         bound = app_runner.addresses[0] if app_runner.addresses else (host, port)
         shown_host = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
         self.site_url = f"http://{shown_host}:{bound[1]}"
@@ -234,7 +239,16 @@ class Daemon:
             if any(report.values()):
                 log.info("event=maintenance %s", " ".join(f"{k}={v}" for k, v in report.items()))
         except Exception as exc:
-            log.error("event=maintenance_failed error=%s", kv(exc))
+            # once per kind of error until a run succeeds: a full disk fails every run
+            kind = type(exc).__name__
+            if kind not in self._maintenance_errors:
+                self._maintenance_errors.add(kind)
+                log.error("event=maintenance_failed error=%s note=\"further failures of this kind are not logged "
+                          "until maintenance succeeds\"", kv(exc))
+            return
+        if self._maintenance_errors:
+            self._maintenance_errors.clear()
+            log.info("event=maintenance_recovered")
 
     async def _watchdog(self, store: Store) -> None:
         # only pet the watchdog while the writer thread lives: a dead writer should restart us

@@ -37,7 +37,11 @@ async def serve(config: Config, db: str, ready: asyncio.Event | None = None,
     host, port = split_listen(config.web.listen)
     try:
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a name that does not resolve, an address not on this host, a port in use
+            print(f"infersight: serve: cannot listen on {config.web.listen}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         bound = runner.addresses[0]
         print(f"infersight: serving {db} read-only at http://{bound[0]}:{bound[1]}/", file=sys.stderr, flush=True)
         if ready is not None:

@@ -29,6 +29,7 @@ MAX_FRAMES = 50_000
 MAX_NODES = 100_000
 MAX_THREADS = 20_000
 IDLE_S = 3600.0            # an entry unused for one to two of these is forgotten
+_MAX_STACKS_SEEN = 4096    # frame tuples remembered by identity (Interner.stack)
 PRUNED_TABLES = ("frames", "stack_nodes", "threads")
 
 
@@ -89,6 +90,7 @@ class Interner:
         self.targets: dict[tuple[str, int, float], int] = {}
         self.endpoints: dict[str, int] = {}
         self.series: dict[tuple[int, str, str], int] = {}
+        self._stacks_seen: dict[int, tuple[tuple, int]] = {}   # id(frames) -> (frames, leaf node)
         self.pending: dict[str, list[tuple]] = {}
         self.last_rotation: float | None = None
         for id_, fn, file, line, module in con.execute("SELECT id, function, file, line, module FROM frames").fetchall():
@@ -112,10 +114,12 @@ class Interner:
         for gens, cap in self._caps.values():
             if len(gens.young) > cap:
                 gens.rotate()
+                self._stacks_seen.clear()
         return pending
 
     def forget_pending(self, pending: dict[str, list[tuple]]) -> None:
         """Undo ids handed out for rows that were never written (a failed transaction)."""
+        self._stacks_seen.clear()
         undo: dict[str, tuple[Any, Callable[[tuple], Any]]] = {
             "frames": (self.frames, lambda r: (r[1], r[2], r[3], r[4])),
             "stack_nodes": (self.nodes, lambda r: (r[1], r[2])),
@@ -144,10 +148,12 @@ class Interner:
 
     def rotate(self) -> int:
         """Forget the entries of the bounded tables unused since the previous rotation."""
+        self._stacks_seen.clear()
         return sum(gens.rotate() for gens, _ in self._caps.values())
 
     def forget_ids(self, table: str, ids: set[int]) -> int:
         """Forget the ids of rows deleted from ``table`` (one of PRUNED_TABLES)."""
+        self._stacks_seen.clear()
         return self._caps[table][0].forget_ids(ids) if ids else 0
 
     def sizes(self) -> dict[str, int]:
@@ -175,7 +181,19 @@ class Interner:
         return id_
 
     def stack(self, frames: tuple[Frame, ...]) -> int:
-        """The leaf node id of ``frames`` (root first); 0 is the empty stack."""
+        """The leaf node id of ``frames`` (root first); 0 is the empty stack. The same tuple
+        object seen again (parsers hand out one per distinct stack) costs one lookup instead
+        of a walk over its frames: 5,000 of them for a deep start-up stack."""
+        seen = self._stacks_seen.get(id(frames))
+        if seen is not None and seen[0] is frames:
+            return seen[1]
+        node = self._walk(frames)
+        if len(self._stacks_seen) >= _MAX_STACKS_SEEN:
+            self._stacks_seen.clear()
+        self._stacks_seen[id(frames)] = (frames, node)     # the tuple is held: its id stays its own
+        return node
+
+    def _walk(self, frames: tuple[Frame, ...]) -> int:
         parent = 0
         young = self.nodes.young
         for depth, f in enumerate(frames, start=1):

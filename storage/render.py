@@ -76,6 +76,15 @@ def flame_json(profile: Profile, max_nodes: int | None = None, min_share: float 
     return sink.finish({"nodes": nodes, "truncated": truncated})
 
 
+def flame_json_root(root: _Node, max_nodes: int | None = None, extra: dict[str, Any] | None = None,
+                    truncated: bool = False) -> bytes:
+    """:func:`flame_json` of a tree already built (storage/flame_query.py); ``truncated``
+    says the tree itself holds only part of the range (the root says so either way)."""
+    sink = _TextSink(extra)
+    nodes, cut = _flame_walk(root, sink, max_nodes, 0.0)
+    return sink.finish({"nodes": nodes, "truncated": cut or truncated})
+
+
 def _flame_fields(node: _Node) -> dict[str, Any]:
     return {"name": node.name, "value": number(node.value), "file": node.file, "line": _top_line(node.lines)}
 
@@ -176,8 +185,19 @@ def diff_json(a: Profile, b: Profile, max_nodes: int | None = None, extra: dict[
     return sink.finish({"nodes": nodes, "truncated": truncated})
 
 
+def diff_json_roots(ta: _Node, tb: _Node, max_nodes: int | None = None, extra: dict[str, Any] | None = None,
+                    truncated: bool = False) -> bytes:
+    """:func:`diff_json` of two trees already built (storage/flame_query.py)."""
+    sink = _TextSink(extra)
+    nodes, cut = _diff_walk_roots(ta, tb, sink, max_nodes)
+    return sink.finish({"nodes": nodes, "truncated": cut or truncated})
+
+
 def _diff_walk(a: Profile, b: Profile, sink, max_nodes: int | None) -> tuple[int, bool]:
-    ta, tb = _build(a.stacks), _build(b.stacks)
+    return _diff_walk_roots(_build(a.stacks), _build(b.stacks), sink, max_nodes)
+
+
+def _diff_walk_roots(ta: _Node, tb: _Node, sink, max_nodes: int | None) -> tuple[int, bool]:
     total_a, total_b = ta.value or 1.0, tb.value or 1.0
 
     def fields(na: _Node | None, nb: _Node | None) -> dict[str, Any]:
@@ -248,8 +268,13 @@ def top_changes(diff: dict[str, Any], limit: int = 20) -> list[dict[str, Any]]:
 def profile_changes(a: Profile, b: Profile, limit: int = 20) -> list[dict[str, Any]]:
     """:func:`top_changes` computed from the profiles themselves: a function's self share is
     the share of stacks whose leaf it is, so a truncated diff tree does not distort it."""
-    self_a = _leaf_shares(a)
-    self_b = _leaf_shares(b)
+    return ranked_changes(_leaf_shares(a), _leaf_shares(b), limit)
+
+
+def ranked_changes(self_a: dict[tuple[str, str], float], self_b: dict[tuple[str, str], float],
+                   limit: int = 20) -> list[dict[str, Any]]:
+    """Functions by the absolute change of their self share, from two ``{(function, file):
+    share}`` maps (:func:`profile_changes`, or storage/flame_query.py's ``leaf_shares``)."""
     return _ranked_changes(self_a, self_b, limit)
 
 

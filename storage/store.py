@@ -79,8 +79,27 @@ class Store:
         except (duckdb.Error, RuntimeError) as exc:
             con.close()
             raise StoreError(f"cannot migrate {path}: {_first_line(exc)}") from None
-        writer = Writer(con, host=host, queue_max_batches=queue_max_batches, flush_interval_s=flush_interval_s)
-        return cls(path, con, writer, False)
+        store = cls(path, con, None, False)
+        store._writer = Writer(con, host=host, queue_max_batches=queue_max_batches, flush_interval_s=flush_interval_s,
+                               reopen=functools.partial(store._reopen, threads, memory_limit_mb))
+        return store
+
+    def _reopen(self, threads: int | None, memory_limit_mb: float | None):
+        """Close the connection DuckDB invalidated and open the file again (on the writer's
+        thread). Reads in flight on the old one fail; later reads use the new one."""
+        old = self._con
+        try:
+            old.close()
+        except duckdb.Error:
+            pass
+        con = duckdb.connect(self.path)
+        try:
+            _limit_resources(con, threads, memory_limit_mb)
+        except duckdb.Error:
+            con.close()
+            raise
+        self._con = con
+        return con
 
     # -- writes ----------------------------------------------------------------------------
     def submit(self, batch: Batch) -> bool:

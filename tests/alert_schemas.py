@@ -14,7 +14,8 @@ Sources:
   Webhooks" / "Send Adaptive Cards"; adaptivecards.io/explorer): {"type": "message",
   "attachments": [{"contentType": "application/vnd.microsoft.card.adaptive", "content":
   card}]}; the card has type AdaptiveCard and a version (Workflows render up to 1.4);
-  TextBlock needs ``text``; FactSet needs ``facts`` of {title, value} strings;
+  TextBlock needs ``text``; RichTextBlock needs ``inlines`` of TextRuns (each with
+  ``text``; 1.2+); FactSet needs ``facts`` of {title, value} strings;
   Action.OpenUrl needs ``url``; enum values as in the explorer.
 """
 from __future__ import annotations
@@ -123,6 +124,21 @@ def _card_element(el: dict, path: str) -> None:
         for key in ("wrap", "isSubtle"):
             if key in el:
                 assert isinstance(el[key], bool), f"{path}.{key}"
+    elif kind == "RichTextBlock":
+        inlines = el.get("inlines")
+        assert isinstance(inlines, list) and inlines, f"{path}.inlines"
+        for j, run in enumerate(inlines):
+            assert run.get("type") == "TextRun", f"{path}.inlines[{j}].type"
+            assert isinstance(run.get("text"), str) and run["text"], f"{path}.inlines[{j}].text"
+            for key, allowed in (("color", _CARD_COLORS), ("size", _CARD_SIZES), ("weight", _CARD_WEIGHTS),
+                                 ("fontType", {"Default", "Monospace"})):
+                if key in run:
+                    assert run[key] in allowed, f"{path}.inlines[{j}].{key}: {run[key]!r}"
+            for key in ("isSubtle", "italic", "strikethrough", "highlight"):
+                if key in run:
+                    assert isinstance(run[key], bool), f"{path}.inlines[{j}].{key}"
+        if "spacing" in el:
+            assert el["spacing"] in _CARD_SPACING, f"{path}.spacing"
     elif kind == "FactSet":
         facts = el.get("facts")
         assert isinstance(facts, list) and facts, f"{path}.facts"

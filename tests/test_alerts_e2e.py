@@ -177,7 +177,7 @@ def state_of(fmt: str, body: dict) -> str:
     elif fmt == "discord":
         title = body["embeds"][0]["title"]
     elif fmt == "msteams":
-        title = body["attachments"][0]["content"]["body"][0]["text"]
+        title = body["attachments"][0]["content"]["body"][0]["inlines"][0]["text"]
     else:
         return body["state"]
     return title.split(" ", 1)[0].lower()
@@ -216,7 +216,7 @@ async def test_one_message_per_target_in_each_format(make_config, receiver, capt
             assert r["headers"]["X-Infersight-Signature"] == expected
             assert body["delivery"] == r["headers"]["X-Infersight-Delivery"]
         assert bodies[0]["event"] == event_dict(first)
-        assert bodies[0]["link"] == (f"https://infersight.example.com/ui/#from={math.floor(first.start) - 300}"
+        assert bodies[0]["link"] == (f"https://infersight.example.com/ui/?from={math.floor(first.start) - 300}"
                                      f"&to={math.ceil(first.end) + 300}&gpu=3&event={quote(first.id, safe='')}")
         assert bodies[1]["event"]["open"] is False and bodies[1]["group"]["span_end"] == now + 6
     alerts = health["alerts"]
@@ -250,7 +250,7 @@ async def test_500_then_429_then_200_delivers_once(make_config, receiver, captur
     assert len({r["headers"]["X-Infersight-Delivery"] for r in requests}) == 1
     assert requests[2]["t"] - requests[1]["t"] >= 1.0  # Retry-After: 1 was honoured
     # no web.external_url and web.listen on port 0: the link names the address really bound
-    assert json.loads(requests[2]["body"])["link"].startswith(daemon.site_url + "/#from=")
+    assert json.loads(requests[2]["body"])["link"].startswith(daemon.site_url + "/?from=")
     assert not daemon.site_url.endswith(":0")
     store = Store.open(config.storage.path, read_only=True)
     try:

@@ -57,7 +57,7 @@ def base_toml(tmp_path: Path, port: int | None = None, gpu: bool = True, endpoin
 def test_check_passes_here_with_one_line_per_capability(tmp_path):
     code, checks, fixes, summary = run_check(tmp_path, base_toml(tmp_path))
     names = [name for _, name, _ in checks]
-    assert names == ["storage", "web port", "ptrace", "py-spy", "NVML", "GPM"]
+    assert names == ["storage", "web port", "ptrace", "py-spy", "targets", "NVML", "GPM"]
     assert code == 0
     counts = [sum(st == k for st, _, _ in checks) for k in ("OK", "WARN")]
     verdict = "can run with less (see WARN)" if counts[1] else "can run"
@@ -73,7 +73,7 @@ def test_check_passes_here_with_one_line_per_capability(tmp_path):
 
 def test_gpu_disabled_skips_nvml(tmp_path):
     code, checks, _, _ = run_check(tmp_path, base_toml(tmp_path, gpu=False))
-    assert code == 0 and [n for _, n, _ in checks] == ["storage", "web port", "ptrace", "py-spy"]
+    assert code == 0 and [n for _, n, _ in checks] == ["storage", "web port", "ptrace", "py-spy", "targets"]
 
 
 def test_busy_port_fails_and_exits_1(tmp_path):
@@ -85,7 +85,7 @@ def test_busy_port_fails_and_exits_1(tmp_path):
     assert ("FAIL", "web port") == checks[1][:2] and "cannot be bound" in checks[1][2]
     assert any("web.listen" in f for f in fixes)
     assert summary.startswith("cannot run: ") and summary.endswith(", 1 failed")
-    assert sum(int(n) for n in summary.split(": ")[1].replace(",", "").split()[::2]) == 4
+    assert sum(int(n) for n in summary.split(": ")[1].replace(",", "").split()[::2]) == 5
 
 
 def test_unusable_storage_folder_fails(tmp_path):

@@ -156,13 +156,14 @@ async def test_trees_are_built_and_encoded_off_the_event_loop(client, monkeypatc
             return fn(*args, **kwargs)
         return wrapper
 
-    for name in ("flame_json", "diff_json", "folded", "speedscope"):
+    # the renderers the API uses (web/heavy.py builds trees from the stack trie, then these encode)
+    for name in ("flame_json_root", "diff_json_roots", "folded", "speedscope"):
         monkeypatch.setattr(render, name, recording(name, getattr(render, name)))
     for fmt in ("json", "folded", "speedscope"):
         assert (await client.get("/api/flamegraph", params={"from": T, "to": T + SECONDS, "format": fmt})).status == 200
     assert (await client.get("/api/diff", params={"a_from": T, "a_to": T + 2, "b_from": T + 2,
                                                   "b_to": T + SECONDS})).status == 200
-    assert set(seen) == {"flame_json", "diff_json", "folded", "speedscope"}
+    assert set(seen) == {"flame_json_root", "diff_json_roots", "folded", "speedscope"}
     assert all(ident != loop_thread for ident in seen.values()), seen
 
 

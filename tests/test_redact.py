@@ -16,6 +16,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from infersight.daemon.exporters.parquet import export_range
 from infersight.daemon.runtime import Daemon
@@ -68,6 +70,54 @@ def test_each_secret_form_is_masked(args: list[str], expected: list[str]) -> Non
     assert SECRET not in redact_cmdline(" ".join(args))
 
 
+# The forms issue 30 found leaking (one case each): the tokenizer reads them by structure.
+ISSUE_30_FORMS = {
+    "camelCase flag": (["vllm", "serve", "m", "--hfToken", SECRET], ["vllm", "serve", "m", "--hfToken", MASK]),
+    "plural, comma list": (["vllm", "serve", "--api-keys", f"{SECRET},{SECRET}2", "--port", "8000"],
+                           ["vllm", "serve", "--api-keys", MASK, "--port", "8000"]),
+    "value starting with a dash": (["vllm", "serve", "--api-key", f"-{SECRET}", "--port", "8000"],
+                                   ["vllm", "serve", "--api-key", MASK, "--port", "8000"]),
+    "webhook URL": (["bot", "--webhook-url", f"https://hooks.slack.com/services/T0/B0/{SECRET}"],
+                    ["bot", "--webhook-url", MASK]),
+    "header argument": (["curl", "--header", f"X-Api-Key: {SECRET}", "https://api"],
+                        ["curl", "--header", f"X-Api-Key: {MASK}", "https://api"]),
+    "--secrets": (["x", "--secrets", SECRET], ["x", "--secrets", MASK]),
+    "--bearer": (["x", "--bearer", SECRET], ["x", "--bearer", MASK]),
+    "--jwt": (["x", "--jwt", SECRET], ["x", "--jwt", MASK]),
+    "--access-key-id": (["x", "--access-key-id", SECRET], ["x", "--access-key-id", MASK]),
+    "cookie header": (["curl", "-H", f"Cookie: a=1; session={SECRET}", "https://api"],
+                      ["curl", "-H", f"Cookie: {MASK}", "https://api"]),
+    "assignment in python -c": (["python", "-c", f"import srv\napi_key = '{SECRET}'\nsrv.run(api_key)"],
+                                ["python", "-c", f"import srv\napi_key = '{MASK}'\nsrv.run(api_key)"]),
+}
+
+
+@pytest.mark.parametrize("form", ISSUE_30_FORMS)
+def test_issue_30_forms_are_masked(form: str) -> None:
+    args, expected = ISSUE_30_FORMS[form]
+    assert redact_args(args) == expected
+    joined = redact_cmdline(" ".join(args))            # a recording's (or a title's) joined line
+    assert SECRET not in joined and MASK in joined
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["x", "--webhook-url=" + SECRET], ["x", f"--webhook-url={MASK}"]),
+    (["x", "--apiKey", SECRET], ["x", "--apiKey", MASK]),
+    (["x", "--APIKey=" + SECRET], ["x", f"--APIKey={MASK}"]),
+    (["x", "--hftoken", SECRET], ["x", "--hftoken", MASK]),
+    (["python", "-c", f"import os; os.environ['HF_TOKEN'] = '{SECRET}'"],
+     ["python", "-c", f"import os; os.environ['HF_TOKEN'] = '{MASK}'"]),
+    (["python", "-c", f"cfg = {{'password': \"{SECRET}\", 'n': 1}}"],
+     ["python", "-c", f"cfg = {{'password': \"{MASK}\", 'n': 1}}"]),
+    (["x", f"https://discord.com/api/webhooks/123/{SECRET}"], ["x", f"https://discord.com/api/webhooks/{MASK}"]),
+    (["x", "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlMTIzNDU2"], ["x", MASK]),
+    (["x", "--token", f"'{SECRET}'"], ["x", "--token", MASK]),
+    ([f"ray::Serve --jwt {SECRET} --port 1"], [f"ray::Serve --jwt {MASK} --port 1"]),
+])
+def test_more_forms_of_the_same_structures(args: list[str], expected: list[str]) -> None:
+    assert redact_args(args) == expected
+
+
 @pytest.mark.parametrize("args", [
     ["python3", "-m", "vllm.entrypoints.cli.main", "serve", "meta-llama/Llama-3-8B", "--tokenizer", "hf-org/tok",
      "--max-num-batched-tokens", "8192", "--return-tokens-as-token-ids", "--ssl-keyfile", "/etc/k.pem",
@@ -77,6 +127,10 @@ def test_each_secret_form_is_masked(args: list[str], expected: list[str]) -> Non
     ["python3", "-c", "from multiprocessing.resource_tracker import main;main(25)"],
     ["x", "https://huggingface.co/org/model?revision=main"],
     ["x", "--use-auth-token", "--model", "m"],     # a flag that takes no value, followed by another flag
+    ["vllm", "serve", "--return-tokens-as-token-ids", "--port", "1", "--client-id", "abc", "--tokenizer-mode",
+     "auto", "--max-model-len", "4096", "--kv-cache-dtype", "fp8", "--served-model-name", "key-model"],
+    ["ray::ServeReplica:app:Deployment", "http://127.0.0.1:8000/v1", "host:8000", "a=b", "KEYS_DIR=/k"],
+    ["python", "-c", "import x; x.run(tokens=5, max_tokens=7, key_path='/k.pem')"],
 ])
 def test_ordinary_arguments_are_kept(args: list[str]) -> None:
     assert redact_args(args) == args
@@ -84,9 +138,13 @@ def test_ordinary_arguments_are_kept(args: list[str]) -> None:
 
 @pytest.mark.parametrize("name, secret", [
     ("--api-key", True), ("--hf-token", True), ("OPENAI_API_KEY", True), ("db.password", True),
+    ("--hfToken", True), ("--api-keys", True), ("--webhook-url", True), ("X-Api-Key", True), ("--secrets", True),
+    ("--bearer", True), ("--jwt", True), ("--access-key-id", True), ("Cookie", True), ("Set-Cookie", True),
+    ("AWS_ACCESS_KEY_ID", True), ("xApiKey", True), ("authtoken", True),
     ("--tokenizer", False), ("--max-num-batched-tokens", False), ("--ssl-keyfile", False), ("KEY_PATH", False),
+    ("--return-tokens-as-token-ids", False), ("--client-id", False), ("--monkey", False), ("max_tokens", False),
 ])
-def test_a_name_is_secret_by_its_last_word(name: str, secret: bool) -> None:
+def test_a_name_is_secret_by_its_words(name: str, secret: bool) -> None:
     assert is_secret_name(name) is secret
 
 
@@ -142,3 +200,13 @@ async def test_a_discovered_process_never_serves_its_api_key(make_config, spawn,
     assert any("engine_samples" in str(f) for f in files) and sum(r.rows for r in results) > 0
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), path
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(list("ab-_=:'\" \n,&?#[]{}()@/.") + ["token", "key", "K", "--", "***"]),
+                         max_size=20).map("".join), max_size=8))
+def test_the_tokenizer_takes_any_text_and_masking_is_stable(args: list[str]) -> None:
+    once = redact_args(args)
+    assert len(once) == len(args)
+    assert redact_args(once) == once
+    assert redact_cmdline(redact_cmdline(" ".join(args))) == redact_cmdline(" ".join(args))

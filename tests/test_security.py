@@ -308,6 +308,9 @@ ALLOWED_SQL = {
         "the typed window feature columns: window_features.NAMES, a tuple literal of the code",
     ("events.py", "windows", "wf.select_sql()"):
         "the typed window feature columns: window_features.NAMES, a tuple literal of the code",
+    ("flame_query.py", "_execute", "sql <- stacks.leaf_query(t_from, t_to, flt, weight=weight, gpu=gpu)"):
+        "stacks.leaf_query (the same text stacks.profile runs) joins literal SQL and _filter_sql's literal "
+        "clauses; every value of the request goes in as a ? parameter",
     ("intern.py", "next_id", "table <- table"):
         "an interned table's name, passed by intern.py's own callers as a literal (frames, stack_nodes, ...)",
 }

@@ -8,11 +8,12 @@ import time
 from aiohttp import web
 
 from infersight.storage import events as q_events
-from infersight.storage import render, series, stacks
+from infersight.storage import series, stacks
 from infersight.storage.model import GPU_SIGNALS
-from infersight.storage.waits import WAITS_MODES
 from infersight.web import engine_roof
 from infersight.web import params as p
+from infersight.web.health import problems as health_problems
+from infersight.web.heavy import diff, flamegraph  # budgeted, in line: web/heavy.py
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
 from infersight.web.responses import bytes_response, dumps, json_response
 
@@ -29,17 +30,11 @@ async def health(request: web.Request) -> web.Response:
     agent = request.app[AGENT_KEY]
     store = _store(request)
     collectors = {}
-    degraded = []
     if agent is not None:
         for name, st in agent.runner.status.items():
             collectors[name] = st.as_dict()
-            if st.ok is False:
-                degraded.append(f"collector {name}: {st.last_error}")
     stats = store.stats()
-    if not store.read_only and not store.writer_alive:
-        degraded.append("storage writer stopped")
-    if stats.last_error:
-        degraded.append(f"storage: {stats.last_error}")
+    degraded = health_problems(agent, store, stats)   # failing endpoints, targets, components too
     body = {
         "status": "degraded" if degraded else "ok",
         "problems": degraded,
@@ -49,7 +44,8 @@ async def health(request: web.Request) -> web.Response:
                     "rows_dropped": stats.rows_dropped, "batches_rejected": stats.batches_rejected,
                     "queue_depth": stats.queue_depth,
                     "flush_failures": stats.flush_failures, "last_flush_s": round(stats.last_flush_s, 6),
-                    "last_error": stats.last_error},
+                    "last_error": stats.last_error, "failing_since": stats.failing_since,
+                    "retained_rows": stats.retained_rows},
         "uptime_s": round(time.time() - agent.started_at, 3) if agent is not None else None,
     }
     if agent is not None:
@@ -72,78 +68,6 @@ async def processes(request: web.Request) -> web.Response:
         if not rows and request.app[AGENT_KEY] is None:
             rows = await store.read(series.all_processes)
     return json_response({"processes": rows})
-
-
-def _profile_filter(request: web.Request) -> stacks.ProfileFilter:
-    """pid, tid, role, active and ``waits`` (show: every sample, the default; hide: leave out
-    the pure waits, as the UI does by default; only: nothing else; storage/waits.py)."""
-    return stacks.ProfileFilter(pids=p.integers(request, "pid"), tids=p.integers(request, "tid"),
-                                roles=p.strings(request, "role"), active=p.boolean(request, "active"),
-                                waits=p.choice(request, "waits", WAITS_MODES, "show"))
-
-
-# Exports keep the heaviest stacks within the JSON tree's node budget and at most this many
-# frame references (folded text is about 50-80 bytes per frame: some 30 MB at the bound).
-EXPORT_MAX_FRAMES = 500_000
-
-
-def _folded_export(prof: stacks.Profile, max_nodes: int) -> tuple[bytes, dict[str, str]]:
-    sel = render.heaviest_stacks(prof, max_nodes=max_nodes, max_frames=EXPORT_MAX_FRAMES)
-    return render.folded(prof, sel).encode(), sel.headers()
-
-
-def _speedscope_export(prof: stacks.Profile, name: str, max_nodes: int) -> tuple[bytes, dict[str, str]]:
-    sel = render.heaviest_stacks(prof, max_nodes=max_nodes, max_frames=EXPORT_MAX_FRAMES)
-    return dumps(render.speedscope(prof, name=name, selection=sel)), sel.headers()
-
-
-async def flamegraph(request: web.Request) -> web.Response:
-    """The profile of a range as a tree (json), folded text or a speedscope file.
-
-    Every format is bounded by ``max_nodes`` (default 50,000): the tree says ``"truncated"``
-    and ``"nodes"`` on its root; the exports keep the heaviest stacks and say so in the
-    ``X-Infersight-Truncated``/``-Stacks``/``-Omitted-Value`` headers. Trees are built and
-    encoded on a reader thread, at any stack depth.
-    """
-    t_from, t_to = p.time_range(request)
-    fmt = p.choice(request, "format", ("json", "folded", "speedscope"), "json")
-    weight = p.choice(request, "weight", ("samples", "gpu_idle"), "samples")
-    gpu = p.integer(request, "gpu", None, lo=0, hi=1024)
-    max_nodes = p.integer(request, "max_nodes", 50_000, lo=1, hi=1_000_000)
-    store = _store(request)
-    prof = await store.read(stacks.profile, t_from, t_to, _profile_filter(request), weight=weight, gpu=gpu)
-    if fmt == "folded":
-        body, headers = await store.compute(_folded_export, prof, max_nodes)
-        headers["Content-Disposition"] = 'attachment; filename="infersight.folded.txt"'
-        return web.Response(body=body, content_type="text/plain", charset="utf-8", headers=headers)
-    if fmt == "speedscope":
-        body, headers = await store.compute(_speedscope_export, prof, f"infersight {int(t_from)}-{int(t_to)}",
-                                            max_nodes)
-        headers["Content-Disposition"] = 'attachment; filename="infersight.speedscope.json"'
-        return bytes_response(body, headers=headers)
-    extra = {"from": t_from, "to": t_to, "weight": weight, "total": render.number(prof.total)}
-    return bytes_response(await store.compute(render.flame_json, prof, max_nodes=max_nodes, extra=extra))
-
-
-async def diff(request: web.Request) -> web.Response:
-    """Range a (baseline) against range b as one tree, bounded by ``max_nodes`` like the
-    flame graph; ``top_changes`` comes from the whole profiles, not the bounded tree."""
-    a_from, a_to = p.time_range(request, prefix="a_")
-    b_from, b_to = p.time_range(request, prefix="b_")
-    weight = p.choice(request, "weight", ("samples", "gpu_idle"), "samples")
-    gpu = p.integer(request, "gpu", None, lo=0, hi=1024)
-    max_nodes = p.integer(request, "max_nodes", 50_000, lo=1, hi=1_000_000)
-    flt = _profile_filter(request)
-    store = _store(request)
-    pa = await store.read(stacks.profile, a_from, a_to, flt, weight=weight, gpu=gpu)
-    pb = await store.read(stacks.profile, b_from, b_to, flt, weight=weight, gpu=gpu)
-    return bytes_response(await store.compute(_diff_body, pa, pb, max_nodes, [a_from, a_to], [b_from, b_to]))
-
-
-def _diff_body(pa: stacks.Profile, pb: stacks.Profile, max_nodes: int, a_range: list, b_range: list) -> bytes:
-    extra = {"a_total": render.number(pa.total), "b_total": render.number(pb.total),
-             "top_changes": render.profile_changes(pa, pb), "a_range": a_range, "b_range": b_range}
-    return render.diff_json(pa, pb, max_nodes=max_nodes, extra=extra)
 
 
 def _engine_signal_units() -> dict[str, str]:

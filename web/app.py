@@ -2,8 +2,9 @@
 
 Serves the UI (static files, no build step), the JSON API and /metrics in the daemon's
 process. Middlewares add security headers to every response, enforce the bearer token
-when one is configured (constant-time compare), and turn unexpected errors into a JSON 500
-that reveals nothing of the internals.
+when one is configured (constant-time compare) or else the Host check against DNS rebinding
+(web/hosts.py), and turn unexpected errors into a JSON 500 that reveals nothing of the
+internals.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from aiohttp import web
 from infersight.daemon.config.load import Config
 from infersight.storage.store import Store
 from infersight.web import api, metrics, ui
+from infersight.web.heavy import GATE_KEY, QueryGate
+from infersight.web.hosts import host_check_middleware
 from infersight.web.keys import AGENT_KEY, CONFIG_KEY, STORE_KEY
 from infersight.web.responses import json_response
 
@@ -76,10 +79,13 @@ def create_app(config: Config, store: Store, *, agent: Any = None) -> web.Applic
     middlewares = [security_headers]
     if config.web.auth_token:
         middlewares.append(auth_middleware(config.web.auth_token))
+    else:  # with a token, a rebinding page has no way in; without one, the Host must be ours
+        middlewares.append(host_check_middleware(config))
     app = web.Application(middlewares=middlewares, client_max_size=64 * 1024)
     app[CONFIG_KEY] = config
     app[STORE_KEY] = store
     app[AGENT_KEY] = agent
+    app[GATE_KEY] = QueryGate(config.web.heavy_queries, config.web.heavy_queue)
     api.add_routes(app)
     ui.add_routes(app)
     metrics.add_routes(app)

@@ -8,16 +8,19 @@ body of one format:
 
 - ``slack``: Block Kit blocks plus a complete ``text``; Slack shows the text in
   notifications, Mattermost and Rocket.Chat (which take the same payload but ignore
-  ``blocks``) show it as the message, so it carries the link and the numbers on its own.
+  ``blocks``) show it as the message, so it carries the link and the numbers on its own
+  (in a code block, so that their Markdown formats none of the names in it).
   Limits from Slack's reference: header text 150, section text 3000, 10 fields of 2000.
 - ``discord``: one embed (title 256, description 4096, 25 fields of name 256 / value 1024,
   footer 2048, 6000 in all), ``allowed_mentions`` empty so no text can ping anyone.
 - ``msteams``: an Adaptive Card 1.4 (the highest Teams Workflows webhooks render) in the
-  Workflows ``{"type": "message", "attachments": [...]}`` envelope.
+  Workflows ``{"type": "message", "attachments": [...]}`` envelope; every text is a
+  ``TextRun``, which Teams renders without Markdown.
 - ``generic``: every field of the message and its event, for scripts and other tools.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import urllib.parse
@@ -26,6 +29,8 @@ from typing import Any, Callable
 
 import orjson
 
+from infersight.daemon.alerts import markup
+from infersight.daemon.alerts.markup import cut, fit
 from infersight.storage.model import Event
 
 STATES = ("firing", "occurred", "escalated", "resolved")
@@ -69,13 +74,14 @@ def base_url(external_url: str, listen: str) -> str:
 def ui_link(base: str, start: float, end: float, gpu: int | None, event_id: str) -> str:
     """The UI showing a finding: its range widened by LINK_MARGIN_S, its GPU and the event.
 
-    The one place that knows the UI's hash-state format.
+    The one place that knows the UI's state format: the query string web/static/state.js
+    parses (``?from=&to=&gpu=&event=``; the UI then opens the event, its range and flame graph).
     """
     params = [("from", str(int(math.floor(start)) - LINK_MARGIN_S)), ("to", str(int(math.ceil(end)) + LINK_MARGIN_S))]
     if gpu is not None:
         params.append(("gpu", str(gpu)))
     params.append(("event", event_id))
-    return f"{base}/#" + "&".join(f"{k}={urllib.parse.quote(v, safe='')}" for k, v in params)
+    return f"{base}/?" + "&".join(f"{k}={urllib.parse.quote(v, safe='')}" for k, v in params)
 
 
 # -- the words ----------------------------------------------------------------------------------
@@ -187,75 +193,84 @@ def _facts(m: Message) -> list[tuple[str, str]]:
 
 
 # -- the formats --------------------------------------------------------------------------------
+# Names from the profiled processes are untrusted: every chat format neutralises their markup
+# (daemon/alerts/markup.py says how, per tool); generic carries them as JSON strings.
 
 def slack(m: Message) -> dict[str, Any]:
-    esc = _slack_escape
-    link = f"\n<{esc(m.link)}|Open in infersight>" if len(m.link) <= MAX_LINK else ""
-    when = "\n" + _fit(timing(m), 500, esc)
+    esc, code = markup.slack_escape, markup.slack_code
     blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": _cut(headline(m), 150), "emoji": False}},
-        {"type": "section", "text": {"type": "mrkdwn", "text": _fit(
-            m.event.get("summary") or headline(m), 3000 - len(when) - len(link), esc) + when + link}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f"*{k}*\n" + _fit(v, 1900, esc)}
-                                       for k, v in _facts(m)[:10]]},
+        {"type": "header", "text": {"type": "plain_text", "text": cut(headline(m), 150), "emoji": False}},
+        {"type": "section", "text": {"type": "plain_text", "emoji": False, "text": fit(
+            m.event.get("summary") or headline(m), 2480, esc) + "\n" + fit(timing(m), 500, esc)}},
     ]
+    if len(m.link) <= MAX_LINK:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"<{esc(m.link)}|Open in infersight>"}})
+    blocks.append({"type": "section", "fields": [{"type": "plain_text", "emoji": False, "text": f"{k}\n" + fit(
+        v, 1900, esc)} for k, v in _facts(m)[:10]]})
     ev = evidence_items(m.event.get("evidence") or {})
     if ev:
-        body = "\n".join(f"`{_fit(k, 200, esc)}` {_fit(v, 200, esc)}" for k, v in ev)
+        body = "\n".join(f"`{fit(k, 200, code)}` `{fit(v, 200, code)}`" for k, v in ev)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Evidence*\n{body}"}})
     frames = frame_lines(m.event.get("top_frames") or [])
     if frames:
-        body = "\n".join(f"• `{_fit(f, 500, esc)}`" for f in frames)
+        body = "\n".join(f"• `{fit(f, 500, code)}`" for f in frames)
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"*Top frames*\n{body}"}})
     blocks.append({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": f"infersight event `{_fit(m.event.get('id', ''), 2900, esc)}`"}]})
-    # the fallback keeps the link whole: Mattermost and Rocket.Chat show only this text
-    return {"text": _fit(plain_text_without_link(m), 3900 - len(esc(m.link)) - 1, esc) + "\n" + esc(m.link)
-            if len(m.link) <= MAX_LINK else _fit(plain_text_without_link(m), 3900, esc),
-            "blocks": blocks}
+        {"type": "mrkdwn", "text": f"infersight event `{fit(m.event.get('id', ''), 2900, code)}`"}]})
+    # The fallback text is all Mattermost and Rocket.Chat show, as Markdown: the message goes in
+    # a code block, where Slack, Mattermost and Rocket.Chat format nothing; the link follows it.
+    if len(m.link) <= MAX_LINK:
+        text = "```\n" + fit(plain_text_without_link(m), 3880 - len(esc(m.link)), code) + "\n```\n" + esc(m.link)
+    else:
+        text = "```\n" + fit(plain_text_without_link(m), 3880, code) + "\n```"
+    return {"text": text, "blocks": blocks}
 
 
 def discord(m: Message) -> dict[str, Any]:
-    esc = _discord_escape
-    fields = [{"name": k, "value": _fit(v, 200, esc), "inline": True} for k, v in _facts(m)]
+    esc = markup.discord_escape
+    fields = [{"name": k, "value": fit(v, 200, esc), "inline": True} for k, v in _facts(m)]
     ev = evidence_items(m.event.get("evidence") or {})
     if ev:
-        fields.append({"name": "Evidence", "value": _fit("\n".join(f"{k}: {v}" for k, v in ev), 1024, esc),
+        fields.append({"name": "Evidence", "value": fit("\n".join(f"{k}: {v}" for k, v in ev), 1024, esc),
                        "inline": False})
     frames = frame_lines(m.event.get("top_frames") or [])
     if frames:
-        fields.append({"name": "Top frames", "value": _fit("\n".join(frames), 1024, esc), "inline": False})
-    title = _cut(headline(m), 256)
-    footer = _cut(f"infersight event {m.event.get('id', '')}", 300)
+        fields.append({"name": "Top frames", "value": fit("\n".join(frames), 1024, esc), "inline": False})
+    title = fit(headline(m), 256, esc)
+    footer = cut(f"infersight event {m.event.get('id', '')}", 300)     # footers render no Markdown
     used = len(title) + len(footer) + sum(len(f["name"]) + len(f["value"]) for f in fields)
-    tail = "\n" + _fit(timing(m), 300, esc) + (f"\n[Open in infersight]({m.link})" if len(m.link) <= MAX_LINK else "")
-    description = _fit(m.event.get("summary") or "", min(4096, 6000 - used) - len(tail), esc) + tail
+    tail = "\n" + fit(timing(m), 300, esc) + (f"\n[Open in infersight]({m.link})" if len(m.link) <= MAX_LINK else "")
+    description = fit(m.event.get("summary") or "", min(4096, 6000 - used) - len(tail), esc) + tail
     embed = {"title": title, "description": description, "color": _color(m), "fields": fields[:25],
              "footer": {"text": footer}, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(m.created)) + "Z"}
     if len(m.link) <= MAX_LINK:
         embed["url"] = m.link
-    return {"content": _cut(headline(m), 2000), "embeds": [embed], "allowed_mentions": {"parse": []}}
+    return {"content": fit(headline(m), 2000, esc), "embeds": [embed], "allowed_mentions": {"parse": []}}
+
+
+def _runs(text: str, **style: Any) -> dict[str, Any]:
+    """A RichTextBlock of one TextRun: Adaptive Cards render no Markdown in a TextRun."""
+    return {"type": "RichTextBlock", "inlines": [{"type": "TextRun", "text": text, **style}]}
 
 
 def msteams(m: Message) -> dict[str, Any]:
     color = _CARD_COLORS["resolved"] if m.state == "resolved" else _CARD_COLORS.get(m.event.get("severity"), "Warning")
-    body: list[dict[str, Any]] = [
-        {"type": "TextBlock", "text": headline(m), "weight": "Bolder", "size": "Medium", "wrap": True,
-         "color": color},
-        {"type": "TextBlock", "text": _cut(m.event.get("summary") or headline(m), 3000), "wrap": True},
-        {"type": "TextBlock", "text": _cut(timing(m), 500), "wrap": True, "isSubtle": True, "spacing": "None"},
-        {"type": "FactSet", "facts": [{"title": k, "value": _cut(v, 300)} for k, v in _facts(m)]},
-    ]
     # Teams refuses messages over about 28 KB: every text is bounded
+    body: list[dict[str, Any]] = [
+        _runs(cut(headline(m), 500), weight="Bolder", size="Medium", color=color),
+        _runs(cut(m.event.get("summary") or headline(m), 3000)),
+        {**_runs(cut(timing(m), 500), isSubtle=True), "spacing": "None"},
+        # the agent's own words (host name, kind, class, severity, times): no profiled name
+        {"type": "FactSet", "facts": [{"title": k, "value": cut(v, 300)} for k, v in _facts(m)]},
+    ]
     ev = evidence_items(m.event.get("evidence") or {})
     if ev:
-        body.append({"type": "TextBlock", "text": "Evidence", "weight": "Bolder", "wrap": True})
-        body.append({"type": "FactSet", "facts": [{"title": _cut(k, 200), "value": _cut(v, 200)} for k, v in ev]})
+        body.append(_runs("Evidence", weight="Bolder"))
+        body.append({**_runs("\n".join(f"{cut(k, 200)}: {cut(v, 200)}" for k, v in ev)), "spacing": "None"})
     frames = frame_lines(m.event.get("top_frames") or [])
     if frames:
-        body.append({"type": "TextBlock", "text": "Top frames", "weight": "Bolder", "wrap": True})
-        body += [{"type": "TextBlock", "text": _cut(f, 500), "wrap": True, "fontType": "Monospace",
-                  "spacing": "None"} for f in frames]
+        body.append(_runs("Top frames", weight="Bolder"))
+        body += [{**_runs(cut(f, 500), fontType="Monospace"), "spacing": "None"} for f in frames]
     card = {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
             "version": "1.4", "msteams": {"width": "Full"}, "body": body,
             "actions": [{"type": "Action.OpenUrl", "title": "Open in infersight", "url": m.link}]
@@ -277,8 +292,13 @@ RENDERERS: dict[str, Callable[[Message], dict[str, Any]]] = {
 
 
 def render(fmt: str, m: Message) -> dict[str, Any]:
-    """The JSON body of ``m`` in format ``fmt`` (one of RENDERERS; KeyError otherwise)."""
-    return RENDERERS[fmt](m)
+    """The JSON body of ``m`` in format ``fmt`` (one of RENDERERS; KeyError otherwise). Chat
+    formats get the event's strings through :func:`markup.clean` first (one line each, no
+    bidi controls); generic gets them as stored."""
+    renderer = RENDERERS[fmt]
+    if fmt != "generic":
+        m = dataclasses.replace(m, event=markup.clean_tree(m.event))
+    return renderer(m)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -291,36 +311,6 @@ def _num(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}" if abs(v) < 1e6 else f"{v:.3e}"
     return str(v)
-
-
-def _cut(text: str, limit: int) -> str:
-    """At most ``limit`` characters, with an ellipsis when cut."""
-    return text if len(text) <= limit else text[: max(0, limit - 1)] + "…"
-
-
-def _fit(raw: str, limit: int, esc: Callable[[str], str]) -> str:
-    """``esc(raw)`` in at most ``limit`` characters: the raw text is cut before escaping, so
-    an escape (``&amp;``, ``\\_``) is never cut in half."""
-    out = esc(raw)
-    if len(out) <= limit:
-        return out
-    n = min(len(raw), limit)
-    while n > 0 and len(esc(raw[:n])) + 1 > limit:
-        n -= max(1, (len(esc(raw[:n])) + 1 - limit) // 5)
-    return esc(raw[:max(0, n)]) + "…"
-
-
-def _slack_escape(text: str) -> str:
-    """Slack's three control characters (``<!channel>``-style markup cannot be injected)."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
-def _discord_escape(text: str) -> str:
-    """Backslash-escape Discord markdown, so ``__init__`` stays a name, not underlined text."""
-    out = str(text)
-    for ch in ("\\", "*", "_", "~", "`", "|", ">", "[", "]"):
-        out = out.replace(ch, "\\" + ch)
-    return out
 
 
 def _color(m: Message) -> int:

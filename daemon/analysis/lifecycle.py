@@ -22,6 +22,7 @@ A GPU second is ``starting`` (``stopping``) while any of its serving processes i
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -58,28 +59,33 @@ def startup_share(stacks: dict[tuple[Frame, ...], int]) -> float:
     total = sum(stacks.values())
     if not total:
         return 0.0
-    hit = sum(n for path, n in stacks.items() if _is_startup_stack(path))
+    hit = sum(n for path, n in stacks.items() if _runs_startup(path))
     return hit / total
 
 
-_STACK_CACHE_MAX = 50_000
-_stack_cache: dict[tuple[Frame, ...], bool] = {}
+_PATHS_SEEN: dict[int, tuple[tuple, bool]] = {}   # id(path) -> (path, answer): storage shares one tuple per stack
 
 
-def _is_startup_stack(path: tuple[Frame, ...]) -> bool:
-    """Whether any frame of ``path`` is start-up code, remembered per stack (the same stacks
-    come back every second; cleared when it holds ``_STACK_CACHE_MAX``)."""
-    hit = _stack_cache.get(path)
-    if hit is None:
-        hit = any(_is_startup(frame) for frame in path)
-        if len(_stack_cache) >= _STACK_CACHE_MAX:
-            _stack_cache.clear()
-        _stack_cache[path] = hit
-    return hit
+def _runs_startup(path: tuple[Frame, ...]) -> bool:
+    # by identity: a 5,000-frame stack is scanned once, not in every second that sampled it
+    seen = _PATHS_SEEN.get(id(path))
+    if seen is not None and seen[0] is path:
+        return seen[1]
+    answer = any(_is_startup(frame) for frame in path)
+    if len(_PATHS_SEEN) >= 4096:
+        _PATHS_SEEN.clear()
+    _PATHS_SEEN[id(path)] = (path, answer)
+    return answer
 
 
 def _is_startup(frame: Frame) -> bool:
-    return bool(STARTUP_FILE.search(frame[1]) or STARTUP_FUNCTION.search(f"{frame[1]}:{frame[0]}"))
+    return _startup_code(frame[1], frame[0])
+
+
+@functools.lru_cache(maxsize=65536)
+def _startup_code(file: str, function: str) -> bool:
+    # memoized: a 5,000-frame stack ran these regexes on every frame of every second
+    return bool(STARTUP_FILE.search(file) or STARTUP_FUNCTION.search(f"{file}:{function}"))
 
 
 @dataclass

@@ -209,15 +209,16 @@ def sample_kind(path: tuple[Frame, ...], gpu_waits: frozenset[str]) -> str:
 
 # what the patterns say of a stack never changes: remembered per stack (a serving thread runs
 # a few hundred distinct stacks, each seen every second); cleared when it holds this many
-_KIND_CACHE_MAX = 50_000
-_kind_cache: dict[tuple[Frame, ...], tuple[str, str]] = {}
+_KIND_CACHE_MAX = 4096
+# by identity (storage shares one tuple per stack): hashing a 5,000-frame tuple costs its depth
+_kind_cache: dict[int, tuple[tuple[Frame, ...], str, str]] = {}
 
 
 def _static_kind(path: tuple[Frame, ...]) -> tuple[str, str]:
     """(kind by the patterns alone: gpu_wait, collective, wait or own; the leaf key)."""
-    hit = _kind_cache.get(path)
-    if hit is not None:
-        return hit
+    hit = _kind_cache.get(id(path))
+    if hit is not None and hit[0] is path:
+        return hit[1], hit[2]
     key = leaf_key(path)
     if GPU_WAIT_LEAF.search(key):
         kind = "gpu_wait"
@@ -229,7 +230,7 @@ def _static_kind(path: tuple[Frame, ...]) -> tuple[str, str]:
         kind = "own"
     if len(_kind_cache) >= _KIND_CACHE_MAX:
         _kind_cache.clear()
-    _kind_cache[path] = (kind, key)
+    _kind_cache[id(path)] = (path, kind, key)
     return kind, key
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable
 from infersight.daemon.collectors.base import Collector
 from infersight.daemon.collectors.engine_gpus import EndpointGpus
 from infersight.daemon.config.load import Config
+from infersight.daemon.stacks.roles import FOREIGN
 from infersight.daemon.stacks.targets import explicit_targets
 from infersight.storage.model import Target
 
@@ -48,7 +49,8 @@ def build_collectors(config: Config) -> list[Collector]:
         from infersight.daemon.collectors.engines import EngineCollector
 
         collectors.append(EngineCollector(config.collectors.engines, host,
-                                          engine_pids=lambda: [t.pid for t in current_targets()],
+                                          # a neighbour may be another user's process: its ports are not probed
+                                          engine_pids=lambda: [t.pid for t in current_targets() if t.role != FOREIGN],
                                           discover_every_s=config.targets.discovery_interval_s))
     return collectors
 

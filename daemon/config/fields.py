@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Mapping
+
+# RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 
 class ConfigError(ValueError):
@@ -57,3 +61,9 @@ def check_value(hint: Any, value: Any, path: str, meta: Mapping[str, Any]) -> An
 def shown(value: Any) -> str:
     """A value as a config error message quotes it."""
     return f'"{value}"' if isinstance(value, str) else repr(value)
+
+
+def is_host_name(text: str) -> bool:
+    """Whether ``text`` is a syntactically valid DNS host name (a trailing dot allowed)."""
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(_LABEL.fullmatch(label) for label in name.split("."))

@@ -8,6 +8,8 @@ with the key path (``storage.retention_hours: expected a positive number, got "x
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import pwd
 import re
 import socket
 import tomllib
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from infersight.daemon.config.fields import ConfigError, check_value, opt, shown
+from infersight.daemon.config.fields import ConfigError, check_value, is_host_name, opt, shown
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,14 @@ class StorageConfig:
                                               "(MiB)", min=32)
 
 
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def store_options(storage: StorageConfig) -> dict:
     """Keyword arguments of ``Store.open`` that come from the config (all but path and host)."""
     return {"queue_max_batches": storage.queue_max_batches, "flush_interval_s": storage.flush_interval_s,
@@ -56,6 +66,30 @@ class WebConfig:
     auth_token: str = opt("", "bearer token required on every request when set (secret)", secret=True)
     allow_unauthenticated: bool = opt(False, "allow a non-loopback listen address without auth_token")
     external_url: str = opt("", "base URL people reach the UI at, used in webhook links; empty means http://listen")
+    allowed_hosts: tuple[str, ...] = opt((), "extra names the agent answers to in the Host header while "
+                                         "auth_token is empty (DNS aliases, a reverse proxy's name). Loopback, "
+                                         "localhost, IP literals, the host name, the listen name and "
+                                         "external_url's are always allowed; other names get 421, so a web page "
+                                         "cannot read the API through DNS rebinding")
+
+    query_timeout_s: float = opt(20.0, "time budget of one flame graph, diff or export, from the query to the "
+                                 "encoded answer (seconds); a query that passes it answers with what it has "
+                                 "(truncated) or 503 with the reason", min=1, max=600)
+    query_max_stack_nodes: int = opt(200_000, "stack-trie nodes one flame graph, diff or export may hold: the "
+                                     "heaviest stacks that fit are shown, the rest counted as omitted. About 1.5 KB "
+                                     "of the agent's memory each at the peak (count)", min=1000, max=10_000_000)
+    heavy_queries: int = opt(1, "flame graphs, diffs and exports computed at once; more wait in line, so their "
+                             "memory does not add up (count)", min=1, max=16)
+    heavy_queue: int = opt(8, "heavy queries that may wait in line; one more is answered 503 at once (count)",
+                           min=0, max=1000)
+
+    def __post_init__(self) -> None:
+        for i, name in enumerate(self.allowed_hosts):
+            if not (is_host_name(name) or _is_ip(name.strip("[]"))):
+                raise ConfigError(f"allowed_hosts[{i}]: expected a host name, got {shown(name)}")
+
+
+ANY_USER = "*"
 
 
 @dataclass(frozen=True)
@@ -74,6 +108,35 @@ class TargetsConfig:
     discovery_interval_s: float = opt(2.0, "how often the process table is rescanned (seconds)", min=0.5, max=60)
     include_descendants: bool = opt(True, "also profile the Python child processes of every target")
     use_nvml_processes: bool = opt(True, "profile the processes that hold a CUDA context (NVML)")
+    allowed_users: tuple[str, ...] = opt(("root",), "users whose processes may be profiled, by name or numeric uid "
+                                         "(real and effective uid both); the agent's own user always is; \"*\" "
+                                         "allows every user. A process no allow-list admits is never sampled, "
+                                         "whatever its command line; one holding a GPU is shown only as "
+                                         "other_gpu_process")
+    allowed_units: tuple[str, ...] = opt((), "systemd system units whose processes may be profiled whoever runs "
+                                         "them (globs: \"vllm*.service\", \"docker-*.scope\"); units under "
+                                         "user.slice never count, since any user can start one of any name")
+    allowed_cgroups: tuple[str, ...] = opt((), "cgroup paths whose processes, and those of the cgroups below them, "
+                                           "may be profiled (globs: \"/kubepods.slice\", "
+                                           "\"/system.slice/docker-*.scope\")")
+
+    def __post_init__(self) -> None:
+        for i, entry in enumerate(self.allowed_users):
+            if entry == ANY_USER or entry.isdigit():
+                continue
+            try:
+                pwd.getpwnam(entry)
+            except KeyError:
+                raise ConfigError(f"allowed_users[{i}]: no user named {shown(entry)} on this host (a name, a "
+                                  "numeric uid or \"*\")") from None
+        for i, pattern in enumerate(self.allowed_units):
+            if not pattern or "/" in pattern:
+                raise ConfigError(f"allowed_units[{i}]: expected a unit name or glob such as \"vllm*.service\", "
+                                  f"got {shown(pattern)}")
+        for i, pattern in enumerate(self.allowed_cgroups):
+            if not pattern.startswith("/"):
+                raise ConfigError(f"allowed_cgroups[{i}]: expected a cgroup path starting with '/', got "
+                                  f"{shown(pattern)}")
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,12 @@ being every serving target under the same topmost serving ancestor. So an API se
 bound to its engine's GPUs, and on a host with one engine per GPU no process counts for
 every GPU. A deployment that holds no context yet (start-up) leaves the list empty.
 
+Only processes the operator allows (daemon/stacks/owners.py: ``targets.allowed_users``,
+``allowed_units``, ``allowed_cgroups``) are seeds, descendants or presumed engines: any other
+process is never sampled whatever its command line, and one holding a GPU is a neighbour
+(``other_gpu_process``). Explicit PIDs are the operator's choice and always tried. Each
+process refused although its command line matched is logged once.
+
 Command lines are redacted (daemon/stacks/redact.py) as they are read, before anything else
 sees them. The agent's own process and py-spy runs are never targets. Identity is ``(host,
 pid, start_time)`` with the start time from ``/proc/PID/stat`` computed exactly as psutil's
@@ -34,6 +40,7 @@ match the other collectors'. Scans block on procfs and NVML: run them through
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import time
@@ -41,6 +48,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Union
 
 from infersight.daemon.config.load import TargetsConfig
+from infersight.daemon.stacks.owners import OwnerPolicy, read_owner, unit_of
 from infersight.daemon.stacks.redact import redact_args
 from infersight.daemon.stacks.roles import FOREIGN, NAMED_SERVING, NOT_SERVING, infer_role
 from infersight.storage.model import Target
@@ -53,6 +61,8 @@ _EMBEDDED = re.compile(r"triton_python_backend_stub")
 _CMDLINE_REFRESH_S = 30.0      # older processes rarely rename themselves (setproctitle)
 _YOUNG_S = 60.0                # a process this young has its command line re-read every scan
 HELPER_GRACE_S = 5.0           # a roleless descendant is sampled once it has lived this long (seconds)
+
+log = logging.getLogger("infersight.discovery")
 
 __all__ = ["Discovery", "Found", "NvmlProcesses", "diff", "infer_role"]
 
@@ -79,6 +89,8 @@ class _Proc:
     read_at: float
     python: bool | None = None
     matched: bool | None = None        # command line matches a configured pattern
+    allowed: bool | None = None        # its owner is on the operator's allow-lists (owners.py)
+    owner: str = ""                    # "uid U, unit X", once read
 
 
 def diff(before: Mapping[tuple, Target], after: Mapping[tuple, Target]) -> tuple[list[Target], list[Target]]:
@@ -130,6 +142,9 @@ class Discovery:
         self.proc = proc
         self.own_pid = os.getpid() if own_pid is None else own_pid
         self._patterns = [re.compile(p) for p in config.cmdline_patterns]
+        self.owners = OwnerPolicy(config)
+        self._refused_logged: set[tuple[int, float]] = set()
+        self.refused: dict[int, str] = {}     # pid -> owner of the matching processes the last scan refused
         self._cache: dict[int, _Proc] = {}
         self._watch: set[int] = set()
         self._foreign: set[tuple[int, float]] = set()    # (pid, start time) judged neighbours, for life
@@ -149,11 +164,16 @@ class Discovery:
         # (the demo engine, tests' programs).
         excluded = {self.own_pid} | {p.pid for p in procs.values() if os.path.basename(p.argv0) == "py-spy"}
         reasons: dict[int, list[str]] = {}
+        refused: dict[int, str] = {}
         for p in procs.values():
             if p.matched is None:
                 p.matched = any(rx.search(p.cmdline) for rx in self._patterns)
             if p.matched and p.pid not in excluded and self._is_python(p):
-                reasons.setdefault(p.pid, []).append("pattern")
+                if self._allowed(p, log_refusal=True):
+                    reasons.setdefault(p.pid, []).append("pattern")
+                else:
+                    refused[p.pid] = p.owner
+        self.refused = refused
         for pid in self.pids:
             if pid in procs:
                 reasons.setdefault(pid, []).append("pid")
@@ -163,7 +183,8 @@ class Discovery:
         if self.config.include_descendants:
             for seed in [pid for pid in reasons if pid not in foreign]:
                 for pid in self._tree(seed, children):
-                    if pid != seed and pid not in reasons and pid not in foreign and self._is_python(procs[pid]):
+                    if pid != seed and pid not in reasons and pid not in foreign and self._is_python(procs[pid]) \
+                            and self._allowed(procs[pid]):
                         reasons.setdefault(pid, []).append("descendant")
         roles: dict[int, str] = {}
         for pid, why in reasons.items():
@@ -191,8 +212,12 @@ class Discovery:
         serving = set(seeds)
         seed_ancestors = {a for pid in seeds for a in self._ancestors(pid, procs)}
         undecided = []
+        foreign: set[int] = set()
         for pid in gpus:
             if pid in serving or pid in excluded:
+                continue
+            if not self._allowed(procs[pid]):     # another user's GPU process: at most a neighbour
+                foreign.add(pid)
                 continue
             if infer_role(procs[pid].cmdline, gpu=True, matched=False) in NAMED_SERVING or pid in seed_ancestors:
                 serving.add(pid)
@@ -201,7 +226,6 @@ class Discovery:
         # parents before children, so a child of a presumed engine is part of that engine
         undecided.sort(key=lambda pid: (procs[pid].start_time, pid))
         serving_gpus = {g for pid in serving if pid in gpus for g in gpus[pid]}
-        foreign: set[int] = set()
         for pid in undecided:
             key = (pid, procs[pid].start_time)
             if any(a in serving for a in self._ancestors(pid, procs)):
@@ -314,6 +338,22 @@ class Discovery:
             if cmdline:
                 out[pid] = p
         return out
+
+    def _allowed(self, p: _Proc, log_refusal: bool = False) -> bool:
+        """Whether the owner of ``p`` is on the allow-lists (read once per cached entry)."""
+        if p.allowed is None:
+            owner = read_owner(self.proc, p.pid)
+            p.allowed = self.owners.allows(owner)
+            p.owner = f"uid {owner.uids[0] if owner.uids else 'unknown'}, unit {unit_of(owner.cgroup) or '-'}"
+            if not p.allowed and log_refusal and (p.pid, p.start_time) not in self._refused_logged:
+                if len(self._refused_logged) > 10_000:      # bounded: forget the old ones
+                    self._refused_logged.clear()
+                self._refused_logged.add((p.pid, p.start_time))
+                uid = owner.uids[0] if owner.uids else "unknown"
+                log.info("event=target_refused pid=%d uid=%s unit=%s note=\"its command line matches, but its user, "
+                         "unit and cgroup are in none of targets.allowed_users, allowed_units, allowed_cgroups\"",
+                         p.pid, uid, unit_of(owner.cgroup) or "-")
+        return p.allowed
 
     def _is_python(self, p: _Proc) -> bool:
         if p.python is None:

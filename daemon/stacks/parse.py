@@ -33,6 +33,11 @@ _SUMMARY = re.compile(r"Samples: (\d+) Errors: (\d+)")
 _PY_SUFFIX = re.compile(r"\.py[cw]?$")
 _STDLIB = re.compile(r"/lib/python\d+(?:\.\d+)*t?/")
 _FROZEN = re.compile(r"<frozen ([\w.]+)>")
+# frame text -> Frame and stack text -> frame tuple, across calls: every window repeats its
+# frames and stacks (a 5,000-frame stack, once a second); cleared when it outgrows the bound
+_FRAME_CACHE: dict[str, Frame] = {}
+_STACK_CACHE: dict[str, tuple[Frame, ...]] = {}
+_FRAME_CACHE_MAX = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +177,9 @@ def parse_raw(text: str, *, active: bool = True) -> RawParse:
     ``active`` marks every stack (True for a recording made without ``--idle``).
     """
     out = RawParse()
+    if len(_FRAME_CACHE) + len(_STACK_CACHE) > _FRAME_CACHE_MAX:
+        _FRAME_CACHE.clear()
+        _STACK_CACHE.clear()
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -207,7 +215,13 @@ def _raw_stack(stack_text: str, count: int, active: bool) -> RawStack:
         thread = parse_thread_label(tokens[i])
         if thread is not None:
             i += 1
-    frames = tuple(parse_frame_text(t) for t in tokens[i:] if t)
+    # the same stack text gives the same tuple: parsed once, and interned once downstream
+    offset = sum(len(t) + 1 for t in tokens[:i])
+    frames = _STACK_CACHE.get(stack_text[offset:]) if i < len(tokens) else ()
+    if frames is None:
+        cache = _FRAME_CACHE
+        frames = _STACK_CACHE[stack_text[offset:]] = tuple(
+            cache.get(t) or cache.setdefault(t, parse_frame_text(t)) for t in tokens[i:] if t)
     tid = 0
     if thread is not None:
         tid = thread.os_tid if thread.os_tid is not None else (thread.ident or 0)
