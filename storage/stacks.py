@@ -250,8 +250,9 @@ def leaf_query(t_from: float, t_to: float, flt: ProfileFilter = ProfileFilter(),
     where = "s.bucket >= ? AND s.bucket < ?" + _filter_sql(flt, params)
     join = ""
     if flt.waits != "show":
-        join = " JOIN stack_nodes wn ON wn.id = s.stack JOIN frames wf ON wf.id = wn.frame"
-        wait = "(NOT s.active OR regexp_matches(wf.file || ':' || wf.function, ?))"
+        # left joins: an empty stack (no Python frame) has no leaf and is a wait only when idle
+        join = " LEFT JOIN stack_nodes wn ON wn.id = s.stack LEFT JOIN frames wf ON wf.id = wn.frame"
+        wait = "(NOT s.active OR coalesce(regexp_matches(wf.file || ':' || wf.function, ?), false))"
         where += f" AND {'NOT ' if flt.waits == 'hide' else ''}{wait}"
         params.append(WAIT_LEAF.pattern)
     if weight == "gpu_idle":
