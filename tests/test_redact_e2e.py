@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import AgentProcess
+from agent_proc import AgentProcess
 from test_redact import ISSUE_30_FORMS, SECRET
 
 from infersight.daemon.exporters.parquet import export_range

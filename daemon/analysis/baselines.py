@@ -35,6 +35,7 @@ class Figures:
     sm: float | None
     tensor: float | None
     dram: float | None
+    klass: str = ""
 
 
 def figures(v: Verdict) -> Figures | None:
@@ -46,7 +47,7 @@ def figures(v: Verdict) -> Figures | None:
     if load is None or load < 1 or tokens <= 0:
         return None
     return Figures(v.start, v.end, load, tokens, tokens / load, v.means.get("sm"), v.means.get("tensor"),
-                   v.means.get("dram"))
+                   v.means.get("dram"), v.klass)
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,16 @@ class Baselines:
         if f is not None and not v.foreign and v.duration >= MIN_BASELINE_S:
             self.episodes.append(f)
 
-    def compare(self, v: Verdict) -> Comparison | None:
-        """``v`` against the latest baseline episode at the same offered load (None: none)."""
+    def compare(self, v: Verdict, classes: tuple[str, ...] | None = None) -> Comparison | None:
+        """``v`` against the latest baseline episode at the same offered load, of one of
+        ``classes`` where given (None: none)."""
         now = figures(v)
         if now is None:
             return None
         while self.episodes and self.episodes[0].end < v.start - self.horizon_s:
             self.episodes.popleft()
-        same = [b for b in self.episodes if b.end <= v.start and now.load / LOAD_FACTOR <= b.load <= now.load * LOAD_FACTOR]
+        same = [b for b in self.episodes if b.end <= v.start and now.load / LOAD_FACTOR <= b.load <= now.load * LOAD_FACTOR
+                and (classes is None or b.klass in classes)]
         if not same:
             return None
         base = same[-1]
@@ -119,11 +122,12 @@ MIN_RISE_POINTS = 10.0
 
 def is_mismatch(c: Comparison, cfg: AnalysisConfig) -> bool:
     """Busy without more throughput: the GPU at least as busy as at the same offered load
-    before (SM within 5 %) while each request got slower by ``mismatch_latency_rise``, or the
-    GPU's work per token (SM, tensor or DRAM % per token/s) rose by ``mismatch_work_rise``
-    and ``MIN_RISE_POINTS`` points."""
+    before (SM within 5 %) and no request faster, while each request got slower by
+    ``mismatch_latency_rise``, or the GPU's work per token (SM, tensor or DRAM % per token/s)
+    rose by ``mismatch_work_rise`` and ``MIN_RISE_POINTS`` points. The baseline is a busy
+    episode (Explainer asks for one): against a starved one every busy episode would rise."""
     now, base = c.now, c.base
-    if (now["sm"] or 0.0) < 0.95 * (base["sm"] or 0.0):
+    if (now["sm"] or 0.0) < 0.95 * (base["sm"] or 0.0) or c.per_request_ratio >= 1.0:
         return False
     if c.per_request_ratio <= 1.0 / cfg.mismatch_latency_rise:
         return True

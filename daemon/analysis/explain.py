@@ -45,15 +45,15 @@ class Explainer:
             throttle = find_throttle(v, self.cfg) if v.klass != "stall" else None
             code = self._stall_code(v, st) if v.klass == "stall" else self._code(v, throttle, st)
             events.append(gap_event(self.host, self.gpu, v, throttle, code, open_, st.carry.get("cpu_gpu_gap")))
-        comparison = st.baselines.compare(v)
         neighbours = [f for f in v.foreign if f["active_share"] >= NEIGHBOUR_SHARE]
         if neighbours and _serving(v) and v.duration >= self.cfg.gap_min_s:
-            events.append(neighbour_event(self.host, self.gpu, v, self._describe(neighbours), comparison, open_,
-                                          st.carry.get("noisy_neighbor")))
-        elif (v.klass in BUSY_CLASSES and comparison is not None and v.duration >= self.cfg.mismatch_min_s
-              and is_mismatch(comparison, self.cfg)):
-            events.append(mismatch_event(self.host, self.gpu, v, comparison, self._present(), open_,
-                                         st.carry.get("util_throughput_mismatch")))
+            events.append(neighbour_event(self.host, self.gpu, v, self._describe(neighbours), st.baselines.compare(v),
+                                          open_, st.carry.get("noisy_neighbor")))
+        elif v.klass in BUSY_CLASSES and v.duration >= self.cfg.mismatch_min_s:
+            comparison = st.baselines.compare(v, BUSY_CLASSES)
+            if comparison is not None and is_mismatch(comparison, self.cfg):
+                events.append(mismatch_event(self.host, self.gpu, v, comparison, self._present(), open_,
+                                             st.carry.get("util_throughput_mismatch")))
         if v.klass in BUSY_CLASSES and v.duration >= self.cfg.saturation_min_s:
             grown = saturation([(s.t, s.waiting) for s in seconds], self.cfg)
             if grown is not None:

@@ -207,11 +207,14 @@ def wants_gap(v: Verdict, engine_known: bool) -> bool:
 
 
 def saturation(seconds_waiting: list[tuple[int, float]], cfg: AnalysisConfig) -> tuple[float, float] | None:
-    """(growth per second, last value) of the engine's waiting requests when the queue grows
-    over the episode (slope > 0.05 requests/s and at least one waiting at the end)."""
+    """(growth per second, last value) of the engine's waiting requests when the queue keeps
+    growing: the slope over the episode's second half above 0.05 requests/s and at least one
+    waiting at the end. The first half is left out: a queue filling once as clients arrive
+    and then holding steady is a full engine, not a growing backlog."""
     pts = [(t, w) for t, w in seconds_waiting if w is not None]
     if len(pts) < max(3, int(cfg.saturation_min_s)):
         return None
+    pts = pts[len(pts) // 2:]
     n = len(pts)
     mt = sum(t for t, _ in pts) / n
     mv = sum(v for _, v in pts) / n
