@@ -115,3 +115,32 @@ def test_the_code_read_a_tick_at_a_time_equals_the_code_read_at_once(tmp_path):
     assert pieces["top_frames"] == whole["top_frames"]
     assert pieces["evidence"]["hot_paths"] == whole["evidence"]["hot_paths"]
     assert pieces["evidence"]["culprit"] == whole["evidence"]["culprit"]
+
+
+def test_a_step_whose_writes_failed_takes_no_second_in_twice(store, monkeypatch):
+    """A full disk fails the step's writes: the next step runs over the same range again, and
+    neither the open episode's seconds nor the findings are doubled or lost."""
+    _record(store, 60)
+    now = [float(T0)]
+    analyzer = _analyser(store, now)
+    real_write = store.write_sync
+    failing = [True]
+
+    def write(fn, *args, **kwargs):
+        if failing[0] and fn is q_events.upsert_events:
+            raise OSError(28, "No space left on device")
+        return real_write(fn, *args, **kwargs)
+
+    monkeypatch.setattr(store, "write_sync", write)
+    now[0] = T0 + 40 + analyzer.cfg.lag_s
+    try:
+        analyzer.step(now[0])
+    except OSError:
+        pass
+    failing[0] = False
+    analyzer.step(now[0])
+    now[0] = T0 + 60 + analyzer.cfg.lag_s
+    analyzer.step(now[0])
+    ts = [s.t for s in analyzer.gpus[0].open]
+    assert len(ts) == len(set(ts)) and ts == sorted(ts)
+    assert _gap(store)["start"] <= T0 + 2

@@ -38,7 +38,9 @@ def reference(text: str) -> list[tuple]:
 
 
 def comparable(name, labels, value):
-    return (name, labels, "NaN" if math.isnan(value) else value)
+    # NaN never equals itself: compared as a flag, and sortable beside numbers (a sample named
+    # the same with NaN and with a number must still sort)
+    return (name, labels, (1, 0.0) if math.isnan(value) else (0, value))
 
 
 def ours(text: str) -> list[tuple]:

@@ -27,6 +27,8 @@ OTHER_FLAGS = {
     "--pid=host", "--pid=container:ENGINE", "--cap-add", "--security-opt", "--gpus", "--tensor-parallel-size",
     "--api-server-count", "--enforce-eager", "--enable-mfu-metrics", "--stream-interval", "--nonblocking",
     "--idle", "--subprocesses", "--load-format", "--profiler-config", "--duration", "--api-key",
+    # flags of engines' command lines the masking examples quote (README: secrets in command lines)
+    "--hfToken", "--api-keys", "--webhook-url", "--access-key-id", "--jwt", "--bearer",
 }
 # relative paths the docs quote that are not in the repository by design
 NOT_IN_REPO = {

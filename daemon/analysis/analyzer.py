@@ -91,6 +91,7 @@ class Analyzer:
         self.endpoint_gpus = endpoint_gpus
         self.engine_map: Mapping[str, tuple[int, ...]] | None = None   # the last endpoint_gpus answer
         self._open_ids: set[str] = set()
+        self._unwritten: list[Event] = []          # findings whose write failed, written next step
         self._wait_frames = WaitFrames()      # GPU-wait frame ids, scanned incrementally
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -217,14 +218,20 @@ class Analyzer:
         events += self.straggler.events(self.store, self.host, host.targets, t_from, t_to, self._gpu_waits)
         events += self.regression.check(self.store, self.host, t_to)
         # an open finding that later seconds re-segmented or re-judged is replaced: drop the old one
+        # findings a failed write left behind go first (a closed episode's final finding is
+        # made once); a newer version of the same finding replaces them
+        newer = {e.id for e in events}
+        events = [e for e in self._unwritten if e.id not in newer] + events
         emitted = {e.id for e in events}
         superseded = sorted(self._open_ids - emitted)
-        self._open_ids = {e.id for e in events if e.open}
+        self._unwritten = events
         if superseded:
             self.store.write_sync(q_events.delete_events, superseded)
+        self._open_ids = {e.id for e in events if e.open}
         if events:
             self.store.write_sync(q_events.upsert_events, events)
             self.events_written += len(events)
+        self._unwritten = []
         return events
 
     def _gpu_waits(self, gpu: int, pid: int) -> frozenset[str]:
@@ -243,6 +250,9 @@ class Analyzer:
         targets = host.targets
         seconds = self.store.read_sync(build_seconds, gpu, t_from, t_to, self.cfg,
                                        EngineScope.for_gpu(gpu, self.engine_map), host)
+        # a step whose writes failed (a full disk) runs again over the same range: the seconds
+        # this GPU's state has taken in already are not taken in twice
+        seconds = [s for s in seconds if st.last_t is None or s.t > st.last_t]
         peak_bw = self.store.read_sync(q.peak_dram_bandwidth, gpu)
         peaks = peaks_for(self.store.read_sync(q.gpu_name, gpu))
         serving = serving_pids(targets, gpu)
@@ -269,6 +279,8 @@ class Analyzer:
             record = episode_second(s, state, foreign, seen_per_second.get(s.t, {}), host.cpu.get(s.t, {}))
             st.served.feed(record)
             new.append(record)
+        if new:
+            st.last_t = new[-1].t
         splits = st.segmenter.feed([observation(r) for r in new])
         events = st.advance(new, splits, self._explainer(gpu, seen, info))
         self._write_windows(gpu, st, t_to)

@@ -90,6 +90,7 @@ class GpuState:
     carry: dict[str, int] = field(default_factory=dict)
     last_verdict: Verdict | None = None
     engine_known: bool = False       # the engine has reported its requests on this GPU
+    last_t: int | None = None        # the newest second taken in
 
     @classmethod
     def new(cls, cfg: AnalysisConfig, rate_hz: float) -> "GpuState":

@@ -29,6 +29,7 @@ from infersight.daemon.config.load import AnalysisConfig
 
 SETTLE_S = 2
 WORK_SHARE = 0.5      # an episode serves when at least this share of its seconds had work
+PRESENT_SHARE = 0.5   # a process's CPU is its mean over the episode when it reported in fewer seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +144,10 @@ def _pool(seconds: list[EpisodeSecond], rate_hz: float) -> list[ProcessSummary]:
     for pid, a in sorted(acc.items()):
         working = a["own"] + a["gpu_wait"] + a["collective"]
         cpu = sum(a["cpu"]) / len(a["cpu"]) if a["cpu"] else None
+        if cpu is not None and len(a["cpu"]) < PRESENT_SHARE * n:
+            # a process seen in a few of the episode's seconds (one that was starting or
+            # leaving at its edge) weighs what it did over the whole episode
+            cpu = sum(a["cpu"]) / n
         share = a["own"] / working if working else None
         se = 2.0 * math.sqrt(share * (1 - share) / working) if working and share is not None else None
         base = cpu if cpu is not None else (100.0 * min(1.0, working / (n * rate_hz)) if working and rate_hz else None)
