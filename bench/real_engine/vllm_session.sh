@@ -6,7 +6,7 @@
 #                                                  dominates), with a restart: $OUT/vllm-small.tar.gz
 #   bash bench/real_engine/vllm_session.sh hf      real transformers code in labelled phases (no vLLM
 #                                                  needed): $OUT/hf-transformers.tar.gz
-#   bash bench/real_engine/vllm_session.sh qwen-graphs   a ~1.5 B Qwen2 (another architecture) with
+#   bash bench/real_engine/vllm_session.sh qwen-graphs   a ~1.3 B Qwen2 (another architecture) with
 #                                                  CUDA graphs, one API server: steady 48 streams,
 #                                                  the same 48 with a neighbour, 128 streaming clients,
 #                                                  a flood of 1-token requests: $OUT/vllm-qwen-graphs.tar.gz

@@ -213,7 +213,7 @@ class CollectorsConfig:
 @dataclass(frozen=True)
 class AnalysisConfig:
     """Thresholds come from the recordings in tests/fixtures: real vLLM 0.24 (Llama 0.8, 2.7 and 7 B,
-    Qwen2 1.5 B; CUDA graphs and eager; one and four API servers) and transformers code on H100
+    Qwen2 1.3 B; CUDA graphs and eager; one and four API servers) and transformers code on H100
     and H200, and our synthetic scenario engine on an H100. Each doc quotes the pooled phase
     values on both sides of its threshold; bench/real_engine/margins.py prints them and moves
     each threshold 15 % either way to show no recorded phase changes to a class it may not have."""
