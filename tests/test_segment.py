@@ -11,6 +11,7 @@ import math
 import random
 
 from infersight.daemon.analysis.observe import feature_specs
+from infersight.daemon.analysis.profiles import by_file
 from infersight.daemon.analysis.segment import Observation, Segmenter, novel_share
 from infersight.daemon.config.load import Config
 
@@ -99,15 +100,8 @@ def test_new_code_splits_the_same_code_in_other_proportions_does_not():
     warm = {"modeling.py:f0": 0.2, "sdpa.py:attn": 3.0}        # attention warming up first
     tokenizer = {"tokenization.py:encode": 1.0, "tokenizers.py:batch": 0.5}
 
-    def files(draw: dict[str, int]) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for k, v in draw.items():
-            f = k.split(":")[0]
-            out[f] = out.get(f, 0) + v
-        return out
-
     def prof(profile, t, n=30):
-        return Observation(t, ("serving",), {}, {"prof:1": files(_draw(rng, profile, n))})
+        return Observation(t, ("serving",), {}, {"prof:1": {f: int(v) for f, v in by_file(_draw(rng, profile, n)).items()}})
 
     seg = Segmenter(SPECS, min_len=5)
     seconds = [prof(warm, t) for t in range(6)] + [prof(model, t) for t in range(6, 40)]
