@@ -128,7 +128,9 @@ class GpuState:
         core = self._core(seconds)
         v = judge(core, self.cfg, self.rate_hz)
         for s in seconds:
-            inside = core[0].t <= s.t <= core[-1].t
+            # inside the core a second shows the episode's class; an episode the classifier could
+            # not place (unknown: activity with nothing in flight) lets its idle seconds show
+            inside = core[0].t <= s.t <= core[-1].t and v.klass != "unknown"
             self.band[s.t] = v.klass if inside else band_class(v.klass, self.second_class.get(s.t, ("", {}))[0])
         events = explainer.explain(v, seconds, self, open_)
         if not open_:
